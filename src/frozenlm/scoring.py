@@ -37,7 +37,9 @@ class CandidateScores:
         return self.logprobs / self.lengths
 
 
-def _token_logprobs(backbone: Backbone, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _token_logprobs(
+    backbone: Backbone, hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """log p(target | hidden) for hidden [N, D] and targets [N] -> [N]."""
     logits = backbone.lm_logits(hidden)  # [N, V]
     return torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -60,7 +62,9 @@ def score_batch(backbone: Backbone, requests: Sequence[ScoreRequest]) -> list[Ca
         for b, r in enumerate(requests)
     ]  # each [K]
     # Candidates with more than one token: feed all but their last token after the cached prefix.
-    owners = [(b, k) for b, r in enumerate(requests) for k, c in enumerate(r.candidates) if len(c) > 1]
+    owners = [
+        (b, k) for b, r in enumerate(requests) for k, c in enumerate(r.candidates) if len(c) > 1
+    ]
     if owners:
         fed = [list(requests[b].candidates[k][:-1]) for b, k in owners]
         rows = [b for b, _ in owners]
@@ -68,7 +72,9 @@ def score_batch(backbone: Backbone, requests: Sequence[ScoreRequest]) -> list[Ca
         cache.batch_select_indices(torch.tensor(rows, dtype=torch.long))
         cont_hidden = backbone.forward(cont.embeds, cont.attention_mask, cont.position_ids, cache)
         valid = torch.arange(cont_hidden.shape[1]).unsqueeze(0) < cont.lengths.unsqueeze(1)
-        targets = torch.zeros_like(valid, dtype=torch.long)  # [N, W]: token predicted at each column
+        targets = torch.zeros_like(
+            valid, dtype=torch.long
+        )  # [N, W]: token predicted at each column
         for i, (b, k) in enumerate(owners):
             rest = requests[b].candidates[k][1:]
             targets[i, : len(rest)] = torch.tensor(list(rest), dtype=torch.long)
@@ -95,7 +101,9 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int)
     longest = 0
     for i in order:
         longest_if_added = max(longest, lengths[i])
-        if current and (len(current) >= max_rows or longest_if_added * (len(current) + 1) > max_tokens):
+        if current and (
+            len(current) >= max_rows or longest_if_added * (len(current) + 1) > max_tokens
+        ):
             batches.append(current)
             current, longest_if_added = [], lengths[i]
         current.append(i)
@@ -106,7 +114,9 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int)
 
 
 @torch.no_grad()
-def full_sequence_logprob(backbone: Backbone, prefix_ids: Sequence[int], target: Sequence[int]) -> float:
+def full_sequence_logprob(
+    backbone: Backbone, prefix_ids: Sequence[int], target: Sequence[int]
+) -> float:
     """Reference: log p(target | prefix) from one plain forward over prefix + target ids."""
     ids = torch.tensor([list(prefix_ids) + list(target)])
     logits = backbone.model(input_ids=ids).logits[0].float()  # [T, V]

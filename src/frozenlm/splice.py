@@ -75,8 +75,9 @@ def splice(
             if _is_soft(piece):
                 assert isinstance(piece, torch.Tensor)
                 if piece.dim() != 2 or piece.shape[1] != width:
+                    shape = list(piece.shape)
                     raise ValueError(
-                        f"soft tokens must be [P, {width}] for this backbone, got {list(piece.shape)}"
+                        f"soft tokens must be [P, {width}] for this backbone, got {shape}"
                     )
                 parts.append(piece.to(device=backbone.device, dtype=dtype))
             else:

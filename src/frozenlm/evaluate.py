@@ -1,0 +1,325 @@
+"""`evaluate`: examples in, a `Report` out. Pure: it writes no files.
+
+Classification is rank classification over the label verbalizers (optionally length-normalised
+and contextually calibrated); generation is greedy decoding scored by exact match and token F1.
+A majority-class baseline is always computed beside classification results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from frozenlm.backbone import Backbone
+from frozenlm.demos import DemoSelector
+from frozenlm.errors import ConfigError, DataError
+from frozenlm.generation import GenerationConfig, generate
+from frozenlm.metrics import (
+    Interval,
+    bootstrap,
+    confusion_matrix,
+    exact_match,
+    macro_f1,
+    majority_label,
+    token_f1,
+)
+from frozenlm.prompting import PromptConfig, Prompter, RenderedPrompt
+from frozenlm.scoring import ScoreRequest, score_batch, token_budget_batches
+from frozenlm.tasks import Example, Task
+
+log = logging.getLogger(__name__)
+
+PROMPT_METHODS = ("zero-shot", "few-shot")
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, contextual calibration
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate a task with prompt design."""
+
+    method: Literal["zero-shot", "few-shot"] = "zero-shot"
+    """zero-shot: instruction and input only; few-shot: `shots` demonstrations from train."""
+    shots: int = 4
+    """Demonstrations for few-shot (ignored by zero-shot)."""
+    selection: Literal["random", "balanced", "nearest"] = "balanced"
+    """How demonstrations are chosen: a random or class-balanced fixed set, or the nearest
+    training examples by MiniLM embedding (per input)."""
+    framing: Literal["plain", "qa"] = "plain"
+    """plain: `input / Answer:`; qa: `Q: input / A:`."""
+    chat_template: bool = True
+    """Wrap the prompt in the backbone's chat template when it has one."""
+    chain_of_thought: bool = False
+    """Generation tasks: reason step by step before the answer."""
+    calibrate: bool = False
+    """Contextual calibration: divide label probabilities by those on content-free inputs."""
+    length_normalize: bool = False
+    """Score multi-token verbalizers by mean instead of summed log-probability."""
+    split: str = "test"
+    """Split to evaluate."""
+    limit: int | None = None
+    """Evaluate only the first N examples of the split (its order is a seeded shuffle)."""
+    max_prompt_tokens: int = 2048
+    """Context budget per prompt (capped by the backbone's context length)."""
+    max_new_tokens: int = 32
+    """Generation: tokens to generate (128 with chain of thought unless set)."""
+    batch_tokens: int = 4096
+    """Padded tokens per forward batch."""
+    batch_rows: int = 16
+    """Rows per forward batch."""
+    seed: int = 0
+    """Seed for demonstration choice and bootstrap resampling."""
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(
+            shots=self.shots if self.method == "few-shot" else 0,
+            selection=self.selection,
+            framing=self.framing,
+            chat_template=self.chat_template,
+            chain_of_thought=self.chain_of_thought,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class Report:
+    """The result of one evaluation; `to_json()` is what `--out` writes."""
+
+    task: str
+    method: str
+    backbone: str
+    fingerprint: str
+    split: str
+    n: int
+    metrics: dict[str, Interval]
+    baseline: dict[str, Interval] = field(default_factory=dict)
+    confusion: dict[str, Any] | None = None
+    seconds: float = 0.0
+    examples_per_s: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    prompt_stats: dict[str, float] = field(default_factory=dict)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["metrics"] = {k: v.to_json() for k, v in self.metrics.items()}
+        data["baseline"] = {k: v.to_json() for k, v in self.baseline.items()}
+        return data
+
+    def headline(self) -> str:
+        """One line per metric, with the baseline beside it."""
+        lines = [f"{self.task} · {self.method} · {self.split} (n={self.n}, {self.backbone})"]
+        for name, value in self.metrics.items():
+            extra = f"   majority baseline {self.baseline[name]}" if name in self.baseline else ""
+            lines.append(f"  {name}: {value}{extra}")
+        lines.append(f"  {self.seconds:.1f} s, {self.examples_per_s:.2f} examples/s")
+        return "\n".join(lines)
+
+
+def _prompt_stats(prompts: Sequence[RenderedPrompt]) -> dict[str, float]:
+    return {
+        "mean_prompt_tokens": sum(len(p.ids) for p in prompts) / max(len(prompts), 1),
+        "prompts_with_dropped_demos": sum(p.dropped_demos > 0 for p in prompts),
+        "truncated_inputs": sum(p.truncated_input for p in prompts),
+    }
+
+
+def _label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
+    labels = list(task.spec.labels)
+    ids = [prompter.continuation_ids(task.spec.labels[label]) for label in labels]
+    seen: dict[tuple[int, ...], str] = {}
+    for label, tokens in zip(labels, ids, strict=True):
+        if tuple(tokens) in seen:
+            raise DataError(
+                f"task '{task.name}': the verbalizers of labels '{seen[tuple(tokens)]}' and "
+                f"'{label}' are the same tokens for this tokenizer, so they would score identically"
+            )
+        seen[tuple(tokens)] = label
+    return ids
+
+
+def _score_prompts(
+    backbone: Backbone,
+    prompts: Sequence[RenderedPrompt],
+    candidates: list[list[int]],
+    config: EvalConfig,
+    desc: str,
+) -> torch.Tensor:
+    """Log-probability scores [N, K] of every label for every prompt."""
+    out = torch.zeros(len(prompts), len(candidates))
+    longest = max(len(c) for c in candidates)
+    lengths = [len(p.ids) + longest for p in prompts]
+    batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
+    with tqdm(total=len(prompts), desc=desc, unit="ex", disable=None, leave=False) as bar:
+        for batch in batches:
+            requests = [ScoreRequest([prompts[i].ids], candidates) for i in batch]
+            for i, scores in zip(batch, score_batch(backbone, requests), strict=True):
+                out[i] = scores.normalized() if config.length_normalize else scores.logprobs
+            bar.update(len(batch))
+    return out
+
+
+def _content_free_logprobs(
+    backbone: Backbone,
+    prompter: Prompter,
+    demo_sets: dict[tuple[str, ...], list[Example]],
+    candidates: list[list[int]],
+    config: EvalConfig,
+) -> dict[tuple[str, ...], torch.Tensor]:
+    """log p_cf [K] per distinct demonstration set, averaged over the content-free inputs."""
+    keys = list(demo_sets)
+    prompts = [
+        prompter.render_content_free(demo_sets[k], content=c) for k in keys for c in CONTENT_FREE
+    ]
+    scores = _score_prompts(backbone, prompts, candidates, config, "calibrating")
+    probs = torch.softmax(scores, dim=-1).view(len(keys), len(CONTENT_FREE), -1).mean(dim=1)
+    return {key: torch.log(probs[i]) for i, key in enumerate(keys)}
+
+
+def evaluate(backbone: Backbone, task: Task, config: EvalConfig = EvalConfig()) -> Report:
+    """Evaluate `task` on `config.split` with prompt design on the frozen `backbone`."""
+    if config.method not in PROMPT_METHODS:
+        raise ConfigError(
+            f"unknown method '{config.method}'; expected one of {', '.join(PROMPT_METHODS)}"
+        )
+    examples = list(task.split(config.split))[: config.limit]
+    if not examples:
+        raise DataError(f"task '{task.name}' has no examples in its {config.split} split")
+    if config.calibrate and task.spec.kind != "classification":
+        raise ConfigError("--calibrate applies to classification tasks only")
+    generation = task.spec.kind == "generation"
+    max_new = config.max_new_tokens
+    if generation and config.chain_of_thought and max_new == EvalConfig.max_new_tokens:
+        max_new = 128
+    prompt_config = config.prompt_config()
+    start = time.perf_counter()
+    answer_tokens = max_new if generation else 0
+    prompter = Prompter(
+        task.spec,
+        backbone.tokenizer,
+        prompt_config,
+        max_tokens=min(config.max_prompt_tokens, backbone.max_length),
+        answer_tokens=answer_tokens,
+    )
+    candidates: list[list[int]] = []
+    if not generation:
+        candidates = _label_candidates(task, prompter)
+        prompter = Prompter(
+            task.spec,
+            backbone.tokenizer,
+            prompt_config,
+            max_tokens=min(config.max_prompt_tokens, backbone.max_length),
+            answer_tokens=max(len(c) for c in candidates),
+        )
+    selector = None
+    if prompt_config.shots > 0:
+        selector = DemoSelector(
+            task.train,
+            task.spec,
+            k=prompt_config.shots,
+            selection=config.selection,
+            seed=config.seed,
+        )
+    demos = [selector.select(ex) if selector else [] for ex in examples]
+    prompts = [prompter.render(ex, d) for ex, d in zip(examples, demos, strict=True)]
+
+    report = Report(
+        task=task.name,
+        method=config.method + (f"-{prompt_config.shots}" if prompt_config.shots else ""),
+        backbone=backbone.name,
+        fingerprint=backbone.fingerprint,
+        split=config.split,
+        n=len(examples),
+        metrics={},
+        config=asdict(config),
+        prompt_stats=_prompt_stats(prompts),
+    )
+    if generation:
+        _finish_generation(backbone, prompter, examples, prompts, config, max_new, report)
+    else:
+        _finish_classification(
+            backbone, task, prompter, examples, demos, prompts, candidates, config, report
+        )
+    report.seconds = time.perf_counter() - start
+    report.examples_per_s = report.n / report.seconds if report.seconds > 0 else 0.0
+    return report
+
+
+def _finish_classification(
+    backbone: Backbone,
+    task: Task,
+    prompter: Prompter,
+    examples: Sequence[Example],
+    demos: Sequence[list[Example]],
+    prompts: Sequence[RenderedPrompt],
+    candidates: list[list[int]],
+    config: EvalConfig,
+    report: Report,
+) -> None:
+    labels = list(task.spec.labels)
+    scores = _score_prompts(backbone, prompts, candidates, config, f"{task.name} {report.method}")
+    if config.calibrate:
+        demo_sets = {tuple(d.id for d in ds): ds for ds in demos}
+        cf = _content_free_logprobs(backbone, prompter, demo_sets, candidates, config)
+        cf_rows = torch.stack([cf[tuple(d.id for d in ds)] for ds in demos])  # [N, K]
+        scores = torch.log_softmax(scores, dim=-1) - cf_rows
+        report.method += "-calibrated"
+    predicted = [labels[int(i)] for i in scores.argmax(dim=-1)]
+    gold = [ex.label for ex in examples]
+    correct = [float(p == g) for p, g in zip(predicted, gold, strict=True)]
+    report.metrics = {"accuracy": bootstrap(correct, seed=config.seed)}
+    majority = majority_label([ex.label for ex in task.train])
+    report.baseline = {
+        "accuracy": bootstrap([float(g == majority) for g in gold], seed=config.seed)
+    }
+    report.confusion = {
+        "labels": labels,
+        "matrix": confusion_matrix(gold, predicted, labels),
+        "macro_f1": macro_f1(gold, predicted, labels),
+        "majority_label": majority,
+    }
+    report.predictions = [
+        {"id": ex.id, "gold": g, "predicted": p, "scores": [round(float(s), 4) for s in row]}
+        for ex, g, p, row in zip(examples, gold, predicted, scores, strict=True)
+    ]
+
+
+def _finish_generation(
+    backbone: Backbone,
+    prompter: Prompter,
+    examples: Sequence[Example],
+    prompts: Sequence[RenderedPrompt],
+    config: EvalConfig,
+    max_new: int,
+    report: Report,
+) -> None:
+    stop = ("\n\n",) if config.chain_of_thought else ("\n",)
+    gen_config = GenerationConfig(max_new_tokens=max_new, stop=stop)
+    outputs: list[str] = [""] * len(prompts)
+    lengths = [len(p.ids) + max_new for p in prompts]
+    batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
+    with tqdm(
+        total=len(prompts), desc=f"{report.task} generate", unit="ex", disable=None, leave=False
+    ) as bar:
+        for batch in batches:
+            texts = generate(backbone, [[prompts[i].ids] for i in batch], gen_config)
+            for i, text in zip(batch, texts, strict=True):
+                outputs[i] = text
+            bar.update(len(batch))
+    answers = [prompter.extract_answer(text) for text in outputs]
+    refs = [ex.answers or (ex.label,) for ex in examples]
+    em = [exact_match(a, r) for a, r in zip(answers, refs, strict=True)]
+    f1 = [token_f1(a, r) for a, r in zip(answers, refs, strict=True)]
+    report.metrics = {
+        "exact_match": bootstrap(em, seed=config.seed),
+        "f1": bootstrap(f1, seed=config.seed),
+    }
+    report.predictions = [
+        {"id": ex.id, "gold": list(r), "generated": out, "answer": a}
+        for ex, r, out, a in zip(examples, refs, outputs, answers, strict=True)
+    ]

@@ -1,0 +1,85 @@
+"""Greedy decoding with a KV cache, stop sequences and a max-new-tokens limit.
+
+Prefixes are rows of pieces (token ids and soft tokens, see `splice`), so a soft prompt or a
+generated prompt decodes the same way as plain text. Each step feeds one token per row and
+applies the lm head to that position only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from frozenlm.backbone import Backbone
+from frozenlm.splice import Piece, splice
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to decode."""
+
+    max_new_tokens: int = 32
+    """Upper bound on generated tokens per row."""
+    stop: tuple[str, ...] = ("\n",)
+    """Decoding of a row ends at the first of these strings (not included in the output)."""
+    use_cache: bool = True
+    """Reuse keys/values of earlier positions; False recomputes the whole sequence every step
+    (a reference for tests)."""
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _end_tokens(backbone: Backbone) -> set[int]:
+    """Token ids that end a generation: the tokenizer's and the model config's end tokens."""
+    configured = getattr(backbone.model.config, "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return {int(i) for i in [backbone.tokenizer.eos_token_id, *ids] if i is not None}
+
+
+@torch.no_grad()
+def generate(
+    backbone: Backbone, prefixes: Sequence[Sequence[Piece]], config: GenerationConfig
+) -> list[str]:
+    """Greedy continuation text of each prefix, cut at the first stop string or end token."""
+    batch = splice(backbone, prefixes)
+    eos = _end_tokens(backbone)
+    rows = len(prefixes)
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    texts = [""] * rows
+
+    cache = backbone.new_cache() if config.use_cache else None
+    embeds, mask, positions = batch.embeds, batch.attention_mask, batch.position_ids
+    hidden = backbone.forward(embeds, mask, positions, cache)
+    next_positions = batch.lengths.unsqueeze(1)  # [B, 1]
+    for _ in range(config.max_new_tokens):
+        logits = backbone.lm_logits(hidden[:, -1])  # [B, V]
+        tokens = logits.argmax(dim=-1)  # [B]
+        for b in range(rows):
+            if done[b]:
+                continue
+            token = int(tokens[b])
+            if token in eos:
+                done[b] = True
+                continue
+            generated[b].append(token)
+            text = backbone.tokenizer.decode(generated[b], skip_special_tokens=True)
+            texts[b], stopped = _cut_at_stop(text, config.stop)
+            done[b] = stopped
+        if all(done):
+            break
+        new_embeds = backbone.embed(tokens.unsqueeze(1))  # [B, 1, D]
+        mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], dim=1)
+        if cache is not None:
+            hidden = backbone.forward(new_embeds, mask, next_positions, cache)
+        else:
+            embeds = torch.cat([embeds, new_embeds.to(embeds.dtype)], dim=1)
+            positions = torch.cat([positions, next_positions], dim=1)
+            hidden = backbone.forward(embeds, mask, positions)
+        next_positions = next_positions + 1
+    return [t.strip() for t in texts]
