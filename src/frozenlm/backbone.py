@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -172,12 +172,11 @@ def build_tiny_model(vocab_size: int, config: TinyConfig = TinyConfig()) -> PreT
         num_key_value_heads=config.num_key_value_heads,
         max_position_embeddings=config.max_position_embeddings,
         tie_word_embeddings=True,
-        rope_theta=10000.0,
     )
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(llama)
-    return model.to(torch.float32)
+    return model
 
 
 class Backbone:
@@ -203,8 +202,8 @@ class Backbone:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._decoder = model.get_decoder()
-        self._embeddings = model.get_input_embeddings()
-        self._lm_head = model.get_output_embeddings()
+        self._embeddings = cast(nn.Embedding, model.get_input_embeddings())
+        self._lm_head = cast(nn.Module, model.get_output_embeddings())
 
     # ---------------------------------------------------------------- loading
     @classmethod

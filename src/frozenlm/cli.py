@@ -44,7 +44,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from frozenlm.backbone import resolve_backbone
     from frozenlm.evaluate import EvalConfig, evaluate
-    from frozenlm.io import atomic_write_json
+    from frozenlm.atomic import atomic_write_json
     from frozenlm.tasks import load_task
 
     config = EvalConfig(

@@ -31,7 +31,8 @@ class DemoSelector:
     """Picks the k demonstrations shown before each test input, from a pool (usually train).
 
     "random" and "balanced" give one fixed seeded sample for the whole run (so contextual
-    calibration is computed once); "nearest" gives the k most similar pool examples by cosine
+    calibration is computed once; "balanced" is "random" for generation tasks, whose labels are
+    free text); "nearest" gives the k most similar pool examples by cosine
     similarity of MiniLM embeddings. Lists are ordered most relevant last (nearest the input).
     An example is never its own demonstration (same id): if it belongs to a fixed sample it is
     replaced by the next example the seeded draw would have picked.

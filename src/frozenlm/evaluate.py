@@ -225,7 +225,7 @@ def evaluate(backbone: Backbone, task: Task, config: EvalConfig = EvalConfig()) 
             selection=config.selection,
             seed=config.seed,
         )
-    demos = [selector.select(ex) if selector else [] for ex in examples]
+    demos = selector.select_many(examples) if selector else [[] for _ in examples]
     prompts = [prompter.render(ex, d) for ex, d in zip(examples, demos, strict=True)]
 
     report = Report(
@@ -263,16 +263,23 @@ def _finish_classification(
 ) -> None:
     labels = list(task.spec.labels)
     scores = _score_prompts(backbone, prompts, candidates, config, f"{task.name} {report.method}")
+    gold = [ex.label for ex in examples]
+
+    def accuracy(rows: torch.Tensor) -> tuple[list[str], Interval]:
+        predicted = [labels[int(i)] for i in rows.argmax(dim=-1)]
+        correct = [float(p == g) for p, g in zip(predicted, gold, strict=True)]
+        return predicted, bootstrap(correct, seed=config.seed)
+
+    predicted, report.metrics["accuracy"] = accuracy(scores)
     if config.calibrate:
+        # The same label scores, divided by their content-free probabilities: one run reports both.
         demo_sets = {tuple(d.id for d in ds): ds for ds in demos}
         cf = _content_free_logprobs(backbone, prompter, demo_sets, candidates, config)
         cf_rows = torch.stack([cf[tuple(d.id for d in ds)] for ds in demos])  # [N, K]
         scores = torch.log_softmax(scores, dim=-1) - cf_rows
+        report.metrics["uncalibrated_accuracy"] = report.metrics["accuracy"]
+        predicted, report.metrics["accuracy"] = accuracy(scores)
         report.method += "-calibrated"
-    predicted = [labels[int(i)] for i in scores.argmax(dim=-1)]
-    gold = [ex.label for ex in examples]
-    correct = [float(p == g) for p, g in zip(predicted, gold, strict=True)]
-    report.metrics = {"accuracy": bootstrap(correct, seed=config.seed)}
     majority = majority_label([ex.label for ex in task.train])
     report.baseline = {
         "accuracy": bootstrap([float(g == majority) for g in gold], seed=config.seed)

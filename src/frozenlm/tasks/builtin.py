@@ -14,15 +14,15 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
 
 from frozenlm.assets import package_file
 from frozenlm.errors import DataError
-from frozenlm.tasks.splits import dedupe, make_example, make_splits
 from frozenlm.tasks.spec import Example, Task, TaskSpec
+from frozenlm.tasks.splits import dedupe, make_example, make_splits
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _decode_bbc(path: Path) -> str:
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:  # a few files are cp1252/latin-1 (a lone 0xA3 for "£")
+    except UnicodeDecodeError:  # sports/199.txt is cp1252/latin-1 (byte 0xA3 for "£")
         return raw.decode("cp1252", errors="replace")
 
 
@@ -108,7 +108,9 @@ def _read_trivia(path: Path) -> Iterator[Row]:
             question, sep, answer = pair.rpartition(" - ")
             pair = [question, answer.strip("'\"")] if sep else [pair]
         if len(pair) != 2 or not all(isinstance(part, str) for part in pair):
-            logger.warning("%s: skipping conversation %d, not a [question, answer] pair", path, number)
+            logger.warning(
+                "%s: skipping conversation %d, not a [question, answer] pair", path, number
+            )
             continue
         yield {"question": _clean(pair[0])}, _clean(pair[1])
 
@@ -222,7 +224,7 @@ def load_builtin(name: str, seed: int = 0) -> Task:
     return _load_builtin(name, seed)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_builtin(name: str, seed: int) -> Task:
     spec = BUILTIN_TASKS[name].spec
     train, dev, test = make_splits(
@@ -231,7 +233,7 @@ def _load_builtin(name: str, seed: int) -> Task:
     return Task(spec=spec, train=train, dev=dev, test=test)
 
 
-@lru_cache(maxsize=None)
+@cache
 def builtin_examples(name: str) -> tuple[Example, ...]:
     """Every deduplicated example of the built-in task `name`, sorted by id (cached)."""
     task = BUILTIN_TASKS[name]
