@@ -29,22 +29,25 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'task':<10} {'kind':<15} {'train':>6} {'dev':>5} {'test':>5}  labels"
+    header = f"{'task':<10} {'kind':<15} {'train':>6} {'dev':>5} {'test':>5}  labels (=verbalizer)"
     print(header)
     print("-" * len(header))
     for row in rows:
-        labels = ", ".join(row["labels"]) if row["labels"] else f"(metric: {row['metric']})"
+        verbalizers = row["verbalizers"]
+        labels = ", ".join(
+            label if label == word else f"{label}={word}" for label, word in verbalizers.items()
+        )
         print(
             f"{row['name']:<10} {row['kind']:<15} {row['train']:>6} {row['dev']:>5} "
-            f"{row['test']:>5}  {labels}"
+            f"{row['test']:>5}  {labels or '(generation: ' + row['metric'] + ', f1)'}"
         )
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from frozenlm.atomic import atomic_write_json
     from frozenlm.backbone import resolve_backbone
     from frozenlm.evaluate import EvalConfig, evaluate
-    from frozenlm.atomic import atomic_write_json
     from frozenlm.tasks import load_task
 
     config = EvalConfig(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -253,12 +254,12 @@ def builtin_examples(name: str) -> tuple[Example, ...]:
     return examples
 
 
-def task_summaries(seed: int = 0) -> list[dict[str, object]]:
+def task_summaries(seed: int = 0) -> list[dict[str, Any]]:
     """One dict per built-in task for listings: name, kind, labels, metric, split sizes, source.
 
     Loads (and caches) every built-in task.
     """
-    summaries: list[dict[str, object]] = []
+    summaries: list[dict[str, Any]] = []
     for name in BUILTIN_TASKS:
         task = load_builtin(name, seed)
         summaries.append(
@@ -266,6 +267,7 @@ def task_summaries(seed: int = 0) -> list[dict[str, object]]:
                 "name": name,
                 "kind": task.spec.kind,
                 "labels": list(task.spec.labels),
+                "verbalizers": dict(task.spec.labels),
                 "metric": task.spec.metric,
                 **task.split_sizes(),
                 "source": task.spec.source,
