@@ -74,3 +74,16 @@ def test_token_budget_batches_respect_limits() -> None:
     for batch in batches:
         assert len(batch) <= 3
         assert max(lengths[i] for i in batch) * len(batch) <= 100
+
+
+def test_a_cached_soft_prompt_scores_like_a_recomputed_one(tiny: Backbone) -> None:
+    from frozenlm.prefix_cache import PrefixCache
+
+    torch.manual_seed(0)
+    soft = torch.randn(6, tiny.hidden_size)
+    plain = _requests(tiny)
+    with_soft = [ScoreRequest([soft, *r.prefix], r.candidates) for r in plain]
+    recomputed = score_batch(tiny, with_soft)
+    cached = score_batch(tiny, plain, shared=PrefixCache.compute(tiny, [soft]))
+    for got, want in zip(cached, recomputed, strict=True):
+        torch.testing.assert_close(got.logprobs, want.logprobs, atol=1e-4, rtol=0)

@@ -29,13 +29,18 @@ from frozenlm.metrics import (
     majority_label,
     token_f1,
 )
+from frozenlm.plugins import SoftTokenSource
+from frozenlm.prefix_cache import PrefixCache
 from frozenlm.prompting import PromptConfig, Prompter, RenderedPrompt
 from frozenlm.scoring import ScoreRequest, score_batch, token_budget_batches
+from frozenlm.splice import Piece
 from frozenlm.tasks import Example, Task
 
 log = logging.getLogger(__name__)
 
 PROMPT_METHODS = ("zero-shot", "few-shot")
+# A plug-in's contribution to a batch: per-row soft tokens, or one cached prefix for all rows.
+Plugged = tuple[Sequence[torch.Tensor] | None, PrefixCache | None]
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, contextual calibration
 
 
@@ -129,7 +134,7 @@ def _prompt_stats(prompts: Sequence[RenderedPrompt]) -> dict[str, float]:
     }
 
 
-def _label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
+def label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
     labels = list(task.spec.labels)
     ids = [prompter.continuation_ids(task.spec.labels[label]) for label in labels]
     seen: dict[tuple[int, ...], str] = {}
@@ -143,22 +148,42 @@ def _label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
     return ids
 
 
-def _score_prompts(
+def _prefixes(
+    prompts: Sequence[RenderedPrompt], soft: Sequence[torch.Tensor] | None
+) -> list[list[Piece]]:
+    """Each prompt's pieces: its soft tokens (if a plug-in gave any), then its token ids."""
+    if soft is None:
+        return [[p.ids] for p in prompts]
+    return [[s, p.ids] for s, p in zip(soft, prompts, strict=True)]
+
+
+def _prefix_lengths(
+    prompts: Sequence[RenderedPrompt], soft: Sequence[torch.Tensor] | None
+) -> list[int]:
+    if soft is None:
+        return [len(p.ids) for p in prompts]
+    return [len(p.ids) + int(s.shape[0]) for s, p in zip(soft, prompts, strict=True)]
+
+
+def score_prompts(
     backbone: Backbone,
     prompts: Sequence[RenderedPrompt],
     candidates: list[list[int]],
     config: EvalConfig,
     desc: str,
+    soft: Sequence[torch.Tensor] | None = None,
+    shared: PrefixCache | None = None,
 ) -> torch.Tensor:
     """Log-probability scores [N, K] of every label for every prompt."""
     out = torch.zeros(len(prompts), len(candidates))
     longest = max(len(c) for c in candidates)
-    lengths = [len(p.ids) + longest for p in prompts]
+    lengths = [n + longest for n in _prefix_lengths(prompts, soft)]
+    prefixes = _prefixes(prompts, soft)
     batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
     with tqdm(total=len(prompts), desc=desc, unit="ex", disable=None, leave=False) as bar:
         for batch in batches:
-            requests = [ScoreRequest([prompts[i].ids], candidates) for i in batch]
-            for i, scores in zip(batch, score_batch(backbone, requests), strict=True):
+            requests = [ScoreRequest(prefixes[i], candidates) for i in batch]
+            for i, scores in zip(batch, score_batch(backbone, requests, shared), strict=True):
                 out[i] = scores.normalized() if config.length_normalize else scores.logprobs
             bar.update(len(batch))
     return out
@@ -176,13 +201,19 @@ def _content_free_logprobs(
     prompts = [
         prompter.render_content_free(demo_sets[k], content=c) for k in keys for c in CONTENT_FREE
     ]
-    scores = _score_prompts(backbone, prompts, candidates, config, "calibrating")
+    scores = score_prompts(backbone, prompts, candidates, config, "calibrating")
     probs = torch.softmax(scores, dim=-1).view(len(keys), len(CONTENT_FREE), -1).mean(dim=1)
     return {key: torch.log(probs[i]) for i, key in enumerate(keys)}
 
 
-def evaluate(backbone: Backbone, task: Task, config: EvalConfig = EvalConfig()) -> Report:
-    """Evaluate `task` on `config.split` with prompt design on the frozen `backbone`."""
+def evaluate(
+    backbone: Backbone,
+    task: Task,
+    config: EvalConfig = EvalConfig(),
+    plugin: SoftTokenSource | None = None,
+) -> Report:
+    """Evaluate `task` on `config.split` on the frozen `backbone`: prompt design alone, or with
+    a plug-in's soft tokens before each prompt."""
     if config.method not in PROMPT_METHODS:
         raise ConfigError(
             f"unknown method '{config.method}'; expected one of {', '.join(PROMPT_METHODS)}"
@@ -192,6 +223,8 @@ def evaluate(backbone: Backbone, task: Task, config: EvalConfig = EvalConfig()) 
         raise DataError(f"task '{task.name}' has no examples in its {config.split} split")
     if config.calibrate and task.spec.kind != "classification":
         raise ConfigError("--calibrate applies to classification tasks only")
+    if config.calibrate and plugin is not None:
+        raise ConfigError("--calibrate applies to prompt design, not to a trained plug-in")
     generation = task.spec.kind == "generation"
     max_new = config.max_new_tokens
     if generation and config.chain_of_thought and max_new == EvalConfig.max_new_tokens:
@@ -208,7 +241,7 @@ def evaluate(backbone: Backbone, task: Task, config: EvalConfig = EvalConfig()) 
     )
     candidates: list[list[int]] = []
     if not generation:
-        candidates = _label_candidates(task, prompter)
+        candidates = label_candidates(task, prompter)
         prompter = Prompter(
             task.spec,
             backbone.tokenizer,
@@ -227,10 +260,19 @@ def evaluate(backbone: Backbone, task: Task, config: EvalConfig = EvalConfig()) 
         )
     demos = selector.select_many(examples) if selector else [[] for _ in examples]
     prompts = [prompter.render(ex, d) for ex, d in zip(examples, demos, strict=True)]
+    soft, shared = None, None
+    if plugin is not None:
+        with torch.no_grad():
+            soft = [t.detach() for t in plugin.soft_tokens(task.name, examples)]
+        if getattr(plugin, "input_independent", False):
+            # The same soft prompt for every row: compute its keys and values once.
+            shared, soft = PrefixCache.compute(backbone, [soft[0]]), None
 
     report = Report(
         task=task.name,
-        method=config.method + (f"-{prompt_config.shots}" if prompt_config.shots else ""),
+        method=plugin.kind
+        if plugin is not None
+        else config.method + (f"-{prompt_config.shots}" if prompt_config.shots else ""),
         backbone=backbone.name,
         fingerprint=backbone.fingerprint,
         split=config.split,
@@ -240,10 +282,21 @@ def evaluate(backbone: Backbone, task: Task, config: EvalConfig = EvalConfig()) 
         prompt_stats=_prompt_stats(prompts),
     )
     if generation:
-        _finish_generation(backbone, prompter, examples, prompts, config, max_new, report)
+        _finish_generation(
+            backbone, prompter, examples, prompts, (soft, shared), config, max_new, report
+        )
     else:
         _finish_classification(
-            backbone, task, prompter, examples, demos, prompts, candidates, config, report
+            backbone,
+            task,
+            prompter,
+            examples,
+            demos,
+            prompts,
+            (soft, shared),
+            candidates,
+            config,
+            report,
         )
     report.seconds = time.perf_counter() - start
     report.examples_per_s = report.n / report.seconds if report.seconds > 0 else 0.0
@@ -257,12 +310,14 @@ def _finish_classification(
     examples: Sequence[Example],
     demos: Sequence[list[Example]],
     prompts: Sequence[RenderedPrompt],
+    plugged: Plugged,
     candidates: list[list[int]],
     config: EvalConfig,
     report: Report,
 ) -> None:
     labels = list(task.spec.labels)
-    scores = _score_prompts(backbone, prompts, candidates, config, f"{task.name} {report.method}")
+    desc = f"{task.name} {report.method}"
+    scores = score_prompts(backbone, prompts, candidates, config, desc, *plugged)
     gold = [ex.label for ex in examples]
 
     def accuracy(rows: torch.Tensor) -> tuple[list[str], Interval]:
@@ -301,20 +356,23 @@ def _finish_generation(
     prompter: Prompter,
     examples: Sequence[Example],
     prompts: Sequence[RenderedPrompt],
+    plugged: Plugged,
     config: EvalConfig,
     max_new: int,
     report: Report,
 ) -> None:
+    soft, shared = plugged
     stop = ("\n\n",) if config.chain_of_thought else ("\n",)
     gen_config = GenerationConfig(max_new_tokens=max_new, stop=stop)
     outputs: list[str] = [""] * len(prompts)
-    lengths = [len(p.ids) + max_new for p in prompts]
+    prefixes = _prefixes(prompts, soft)
+    lengths = [n + max_new for n in _prefix_lengths(prompts, soft)]
     batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
     with tqdm(
         total=len(prompts), desc=f"{report.task} generate", unit="ex", disable=None, leave=False
     ) as bar:
         for batch in batches:
-            texts = generate(backbone, [[prompts[i].ids] for i in batch], gen_config)
+            texts = generate(backbone, [prefixes[i] for i in batch], gen_config, shared)
             for i, text in zip(batch, texts, strict=True):
                 outputs[i] = text
             bar.update(len(batch))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from frozenlm.backbone import Backbone
+from frozenlm.prefix_cache import PrefixCache
 from frozenlm.splice import Piece, splice
 
 
@@ -43,10 +44,20 @@ def _end_tokens(backbone: Backbone) -> set[int]:
 
 @torch.no_grad()
 def generate(
-    backbone: Backbone, prefixes: Sequence[Sequence[Piece]], config: GenerationConfig
+    backbone: Backbone,
+    prefixes: Sequence[Sequence[Piece]],
+    config: GenerationConfig,
+    shared: PrefixCache | None = None,
 ) -> list[str]:
-    """Greedy continuation text of each prefix, cut at the first stop string or end token."""
+    """Greedy continuation text of each prefix, cut at the first stop string or end token.
+
+    With `shared`, every prefix continues after that cached prefix (e.g. a task's soft prompt).
+    """
     batch = splice(backbone, prefixes)
+    if shared is not None:
+        if not config.use_cache:
+            raise ValueError("a shared prefix cache needs use_cache=True")
+        batch = shared.after(batch)
     eos = _end_tokens(backbone)
     rows = len(prefixes)
     generated: list[list[int]] = [[] for _ in range(rows)]
@@ -54,6 +65,8 @@ def generate(
     texts = [""] * rows
 
     cache = backbone.new_cache() if config.use_cache else None
+    if shared is not None:
+        cache = shared.expand(backbone, rows)
     embeds, mask, positions = batch.embeds, batch.attention_mask, batch.position_ids
     hidden = backbone.forward(embeds, mask, positions, cache)
     next_positions = batch.lengths.unsqueeze(1)  # [B, 1]

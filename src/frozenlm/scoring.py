@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from frozenlm.backbone import Backbone
+from frozenlm.prefix_cache import PrefixCache
 from frozenlm.splice import Piece, splice, splice_continuation
 
 
@@ -46,13 +47,23 @@ def _token_logprobs(
 
 
 @torch.no_grad()
-def score_batch(backbone: Backbone, requests: Sequence[ScoreRequest]) -> list[CandidateScores]:
-    """Scores of every candidate of every request, in one prefix forward (+ one for long ones)."""
+def score_batch(
+    backbone: Backbone, requests: Sequence[ScoreRequest], shared: PrefixCache | None = None
+) -> list[CandidateScores]:
+    """Scores of every candidate of every request, in one prefix forward (+ one for long ones).
+
+    With `shared`, every request's prefix continues after that cached prefix (e.g. a task's soft
+    prompt), which is then not recomputed.
+    """
     for r in requests:
         if not r.candidates or any(len(c) == 0 for c in r.candidates):
             raise ValueError("every request needs at least one non-empty candidate")
     past = splice(backbone, [r.prefix for r in requests])
-    cache = backbone.new_cache()
+    if shared is None:
+        cache = backbone.new_cache()
+    else:
+        cache = shared.expand(backbone, len(requests))
+        past = shared.after(past)
     hidden = backbone.forward(past.embeds, past.attention_mask, past.position_ids, cache)
     last = hidden[:, -1]  # [B, D], predicts each candidate's first token
     first_logprobs = torch.log_softmax(backbone.lm_logits(last), dim=-1)  # [B, V]

@@ -1,0 +1,154 @@
+"""Soft prompts (Lester et al. 2021): P trainable vectors prepended to the input embeddings.
+
+`SoftPrompt` is one task's prompt; `SoftPromptSet` holds one prompt per task and hands each row
+of a (possibly mixed-task) batch the prompt of its task. Weights are fp32; `splice` casts them
+to the backbone's dtype at use.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import torch
+from torch import nn
+
+from frozenlm.backbone import Backbone
+from frozenlm.errors import ConfigError
+from frozenlm.tasks import Example, TaskSpec
+
+
+class PromptInit(StrEnum):
+    """How prompt vectors start (Lester et al. 2021, section 3.2)."""
+
+    CLASS_LABELS = "class-labels"
+    """Embeddings of the label verbalizers first, the rest sampled from common vocabulary
+    (Lester's best; the default for classification)."""
+    VOCAB = "vocab"
+    """Embeddings of tokens sampled from the 5,000 most common vocabulary entries."""
+    RANDOM = "random"
+    """Uniform in [-0.5, 0.5]."""
+
+
+@dataclass(frozen=True)
+class SoftPromptConfig:
+    """Shape and initialisation of a soft prompt."""
+
+    length: int = 20
+    """Prompt vectors P. Lester et al. find 20-100 works; 20 keeps the context short."""
+    init: PromptInit = PromptInit.CLASS_LABELS
+    """Initialisation; generation tasks have no labels and fall back to `vocab`."""
+    vocab_size: int = 5000
+    """Sample `vocab` init from this many most common tokens (lowest BPE ids, specials skipped:
+    byte-level BPE ids are ordered by merge rank, a proxy for frequency)."""
+    random_range: float = 0.5
+    """Half-width of the uniform range for `random` init."""
+
+    def __post_init__(self) -> None:
+        if self.length < 1:
+            raise ConfigError(f"prompt length must be at least 1, got {self.length}")
+        object.__setattr__(self, "init", PromptInit(self.init))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "length": self.length,
+            "init": self.init.value,
+            "vocab_size": self.vocab_size,
+            "random_range": self.random_range,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SoftPromptConfig:
+        return cls(
+            length=int(data["length"]),
+            init=PromptInit(data["init"]),
+            vocab_size=int(data.get("vocab_size", 5000)),
+            random_range=float(data.get("random_range", 0.5)),
+        )
+
+
+def common_token_ids(backbone: Backbone, count: int) -> list[int]:
+    """The `count` lowest non-special token ids."""
+    special = set(backbone.tokenizer.all_special_ids) | set(
+        getattr(backbone.tokenizer, "added_tokens_decoder", {}) or {}
+    )
+    ids = [i for i in range(backbone.vocab_size) if i not in special]
+    return ids[:count]
+
+
+def initial_prompt(
+    backbone: Backbone, config: SoftPromptConfig, spec: TaskSpec, seed: int
+) -> torch.Tensor:
+    """Initial prompt vectors [P, D] (fp32) for a task, deterministic for `seed`."""
+    rng = random.Random(seed)
+    width = backbone.hidden_size
+    if config.init is PromptInit.RANDOM:
+        generator = torch.Generator().manual_seed(seed)
+        uniform = torch.rand(config.length, width, generator=generator)
+        return (uniform * 2 - 1) * config.random_range
+    ids: list[int] = []
+    if config.init is PromptInit.CLASS_LABELS and spec.labels:
+        for word in spec.labels.values():
+            label_ids = backbone.tokenizer.encode(" " + word.strip(), add_special_tokens=False)
+            ids.extend(label_ids)
+        ids = ids[: config.length]
+    vocab = common_token_ids(backbone, config.vocab_size)
+    ids += rng.sample(vocab, config.length - len(ids))
+    with torch.no_grad():
+        return backbone.embed(torch.tensor(ids)).float().clone()  # [P, D]
+
+
+class SoftPromptSet(nn.Module):
+    """One soft prompt per task; rows of a batch may belong to different tasks."""
+
+    kind = "soft-prompt"
+    input_independent = True  # evaluation computes each prompt's keys and values once
+
+    def __init__(self, prompts: Mapping[str, torch.Tensor], config: SoftPromptConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.prompts = nn.ParameterDict(
+            {name: nn.Parameter(w.detach().float().clone()) for name, w in prompts.items()}
+        )  # task -> [P, D] fp32
+
+    @classmethod
+    def from_config(
+        cls, config: SoftPromptConfig, backbone: Backbone, specs: Sequence[TaskSpec], seed: int
+    ) -> SoftPromptSet:
+        """New prompts for `specs`, each initialised as `config.init` says."""
+        prompts = {
+            spec.name: initial_prompt(backbone, config, spec, seed + i)
+            for i, spec in enumerate(specs)
+        }
+        return cls(prompts, config)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.prompts)
+
+    def soft_tokens(self, task: str, examples: Sequence[Example]) -> list[torch.Tensor]:
+        """The prompt [P, D] of `task` for each example (the same tensor: prompts ignore input)."""
+        if task not in self.prompts:
+            raise ConfigError(
+                f"this plug-in has no prompt for task '{task}'; it has: {', '.join(self.prompts)}"
+            )
+        return [self.prompts[task]] * len(examples)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Weights to store, named `prompt.<task>`."""
+        return {f"prompt.{name}": p.detach().clone() for name, p in self.prompts.items()}
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: Mapping[str, torch.Tensor], config: SoftPromptConfig
+    ) -> SoftPromptSet:
+        prompts = {
+            k.removeprefix("prompt."): v for k, v in tensors.items() if k.startswith("prompt.")
+        }
+        return cls(prompts, config)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from frozenlm.backbone import Backbone
+from frozenlm.errors import ConfigError
+from frozenlm.generation import GenerationConfig, generate
+from frozenlm.plugins.soft_prompt import (
+    PromptInit,
+    SoftPromptConfig,
+    SoftPromptSet,
+    common_token_ids,
+    initial_prompt,
+)
+from frozenlm.scoring import ScoreRequest, score_batch
+from frozenlm.tasks import load_task
+
+
+def _rows_of(backbone: Backbone, weights: torch.Tensor, ids: list[int]) -> bool:
+    table = backbone.embed(torch.tensor(ids))  # [N, D]
+    return all(bool((table == w).all(dim=1).any()) for w in weights)
+
+
+def test_class_label_init_starts_with_the_verbalizer_embeddings(tiny: Backbone) -> None:
+    spec = load_task("sentiment").spec
+    weights = initial_prompt(tiny, SoftPromptConfig(length=6), spec, seed=0)
+    label_ids = [
+        i
+        for word in spec.labels.values()
+        for i in tiny.tokenizer.encode(" " + word, add_special_tokens=False)
+    ]
+    assert weights.dtype == torch.float32 and weights.shape == (6, tiny.hidden_size)
+    torch.testing.assert_close(weights[: len(label_ids)], tiny.embed(torch.tensor(label_ids)))
+    assert _rows_of(tiny, weights[len(label_ids) :], common_token_ids(tiny, 5000))
+
+
+def test_vocab_init_samples_common_tokens_and_is_seeded(tiny: Backbone) -> None:
+    spec = load_task("trec").spec
+    config = SoftPromptConfig(length=8, init=PromptInit.VOCAB)
+    first = initial_prompt(tiny, config, spec, seed=3)
+    assert torch.equal(first, initial_prompt(tiny, config, spec, seed=3))
+    assert not torch.equal(first, initial_prompt(tiny, config, spec, seed=4))
+    common = common_token_ids(tiny, 5000)
+    assert len(common) == 5000 and not set(common) & set(tiny.tokenizer.all_special_ids)
+    assert _rows_of(tiny, first, common)
+
+
+def test_random_init_is_uniform_in_range(tiny: Backbone) -> None:
+    config = SoftPromptConfig(length=50, init="random")  # type: ignore[arg-type]
+    weights = initial_prompt(tiny, config, load_task("trec").spec, seed=0)
+    assert weights.abs().max() <= 0.5 and weights.std() > 0.2
+
+
+def test_generation_tasks_fall_back_to_vocab_init(tiny: Backbone) -> None:
+    weights = initial_prompt(tiny, SoftPromptConfig(length=4), load_task("trivia").spec, seed=0)
+    assert _rows_of(tiny, weights, common_token_ids(tiny, 5000))
+
+
+def test_unknown_task_is_refused(tiny: Backbone) -> None:
+    prompts = SoftPromptSet.from_config(
+        SoftPromptConfig(length=3), tiny, [load_task("trec").spec], 0
+    )
+    with pytest.raises(ConfigError, match="no prompt for task 'topic'"):
+        prompts.soft_tokens("topic", [])
+
+
+def test_mixed_task_batch_scores_equal_per_task_batches(tiny: Backbone) -> None:
+    torch.manual_seed(0)
+    config = SoftPromptConfig(length=4)
+    prompts = SoftPromptSet(
+        {"a": torch.randn(3, tiny.hidden_size), "b": torch.randn(7, tiny.hidden_size)}, config
+    )
+    tok = tiny.tokenizer
+    texts = {"a": ["first review", "a second, longer review text"], "b": ["what is it?", "who?"]}
+    labels = {"a": [[5], [6, 7]], "b": [[8], [9], [10, 11, 12]]}
+
+    def requests(task: str) -> list[ScoreRequest]:
+        soft = prompts.soft_tokens(task, [None] * len(texts[task]))  # type: ignore[list-item]
+        return [
+            ScoreRequest([s, tok.encode(t, add_special_tokens=False)], labels[task])
+            for s, t in zip(soft, texts[task], strict=True)
+        ]
+
+    with torch.no_grad():
+        mixed = score_batch(
+            tiny, [requests("a")[0], requests("b")[0], requests("a")[1], requests("b")[1]]
+        )
+        alone = score_batch(tiny, requests("a")) + score_batch(tiny, requests("b"))
+    for got, want in zip([mixed[0], mixed[2], mixed[1], mixed[3]], alone, strict=True):
+        torch.testing.assert_close(got.logprobs, want.logprobs, atol=1e-4, rtol=0)
+
+
+def test_generation_with_a_soft_prompt_is_the_same_with_and_without_cache(tiny: Backbone) -> None:
+    torch.manual_seed(1)
+    soft = torch.randn(5, tiny.hidden_size)
+    tok = tiny.tokenizer
+    prefixes = [[soft, tok.encode("Question: why?", add_special_tokens=False)], [soft, [42]]]
+    cached = generate(tiny, prefixes, GenerationConfig(max_new_tokens=10, stop=()))
+    plain = generate(tiny, prefixes, GenerationConfig(max_new_tokens=10, stop=(), use_cache=False))
+    assert cached == plain
