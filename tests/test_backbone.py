@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from frozenlm.backbone import Backbone, TinyConfig, _atomic_folder, _is_complete
+from frozenlm.atomic import build_folder
+from frozenlm.backbone import Backbone, TinyConfig, _is_complete
 from frozenlm.errors import ConfigError
 from frozenlm.splice import splice
 
@@ -81,7 +82,7 @@ def test_a_failed_conversion_leaves_nothing_trusted(tmp_path: Path) -> None:
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        _atomic_folder(final, build)
+        build_folder(final, build, marker="frozenlm.json")
     assert not final.exists()
     assert list(tmp_path.iterdir()) == []
     final.mkdir()

@@ -16,8 +16,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,8 +34,10 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedModel,
 )
+from transformers.utils import logging as hf_logging
 
 from frozenlm.assets import package_file
+from frozenlm.atomic import build_folder
 from frozenlm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -62,21 +64,16 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _atomic_folder(final: Path, build: Any) -> None:
-    """Run `build(tmp_folder)` and rename the folder to `final` only when it completed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed conversion; never trusted
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-load progress bars (a folder loads in about a second)."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
-        build(tmp)
-        if final.exists():  # another process finished first
-            shutil.rmtree(tmp)
-            return
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _is_complete(folder: Path) -> bool:
@@ -118,7 +115,7 @@ def embedded_model_folder() -> Path:
         meta["fingerprint"] = weights_fingerprint(plain)
         (tmp / _MARKER).write_text(json.dumps(meta, indent=2))
 
-    _atomic_folder(final, build)
+    build_folder(final, build, marker=_MARKER)
     return final
 
 
@@ -137,7 +134,7 @@ def load_tokenizer() -> Any:
             tokenizer.save_pretrained(tmp)
             (tmp / _MARKER).write_text(json.dumps({"format": _CACHE_FORMAT}))
 
-        _atomic_folder(final, build)
+        build_folder(final, build, marker=_MARKER)
     return AutoTokenizer.from_pretrained(final)
 
 
@@ -212,7 +209,8 @@ class Backbone:
         if path is None or str(path) == "default":
             folder = embedded_model_folder()
             meta = json.loads((folder / _MARKER).read_text())
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+            with _quiet_loading():
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(folder)
             return cls(
                 model,
@@ -231,7 +229,8 @@ class Backbone:
             )
         config = AutoConfig.from_pretrained(folder)
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+            with _quiet_loading():
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         except ValueError as err:
             raise ConfigError(
                 f"backbone folder '{folder}' ({config.model_type}) is not a causal LM: {err}"

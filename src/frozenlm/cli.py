@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from frozenlm.errors import FrozenLMError
+from frozenlm.errors import ConfigError, FrozenLMError
 
 log = logging.getLogger("frozenlm")
 
@@ -50,6 +50,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from frozenlm.evaluate import EvalConfig, evaluate
     from frozenlm.tasks import load_task
 
+    if args.plugin:
+        return _eval_plugin(args)
+    if not args.task:
+        raise ConfigError("eval needs --task (or --plugin DIR, which knows its tasks)")
+
     config = EvalConfig(
         method=args.method,
         shots=args.shots,
@@ -74,6 +79,131 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_plugin(args: argparse.Namespace) -> int:
+    from frozenlm.atomic import atomic_write_json
+    from frozenlm.backbone import resolve_backbone
+    from frozenlm.evaluate import EvalConfig, evaluate
+    from frozenlm.plugins.registry import load_plugin
+    from frozenlm.tasks import load_task
+
+    backbone = resolve_backbone(args.backbone)
+    if "," in args.plugin:
+        return _eval_ensemble(args, backbone)
+    plugin, checkpoint = load_plugin(
+        args.plugin, backbone, allow_other_backbone=args.allow_other_backbone
+    )
+    sources: dict[str, str] = checkpoint.meta["task_sources"]
+    names = args.task.split(",") if args.task else list(sources)
+    train_config = checkpoint.meta.get("train_config", {})
+    reports = []
+    for name in names:
+        if name not in sources:
+            raise ConfigError(
+                f"the plug-in in '{args.plugin}' was trained for {', '.join(sources)}, not '{name}'"
+            )
+        config = EvalConfig(
+            split=args.split,
+            limit=args.limit,
+            chat_template=train_config.get("chat_template", True),
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+        )
+        task = load_task(sources[name], seed=train_config.get("seed", 0))
+        report = evaluate(backbone, task, config, plugin=plugin)  # type: ignore[arg-type]
+        print(report.headline())
+        reports.append(report.to_json())
+    if args.out:
+        atomic_write_json(args.out, reports[0] if len(reports) == 1 else {"reports": reports})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _eval_ensemble(args: argparse.Namespace, backbone: Any) -> int:
+    from frozenlm.atomic import atomic_write_json
+    from frozenlm.ensemble import evaluate_ensemble
+    from frozenlm.evaluate import EvalConfig
+    from frozenlm.plugins.registry import load_plugin
+    from frozenlm.tasks import load_task
+
+    if not args.task or "," in args.task:
+        raise ConfigError("an ensemble (--plugin A,B,...) is evaluated on one --task")
+    folders = args.plugin.split(",")
+    prompts = []
+    for folder in folders:
+        plugin, checkpoint = load_plugin(
+            folder, backbone, allow_other_backbone=args.allow_other_backbone
+        )
+        if args.task not in checkpoint.meta["task_sources"]:
+            raise ConfigError(f"the plug-in in '{folder}' has no prompt for task '{args.task}'")
+        prompts.append(plugin.soft_tokens(args.task, [None])[0])  # type: ignore[operator]
+        source = checkpoint.meta["task_sources"][args.task]
+        chat = checkpoint.meta.get("train_config", {}).get("chat_template", True)
+    config = EvalConfig(split=args.split, limit=args.limit, chat_template=chat, seed=args.seed)
+    report = evaluate_ensemble(backbone, load_task(source), prompts, config, names=folders)
+    print(report.headline())
+    if args.out:
+        atomic_write_json(args.out, report.to_json())
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from frozenlm.backbone import resolve_backbone
+    from frozenlm.plugins.soft_prompt import SoftPromptConfig
+    from frozenlm.train import TrainConfig, train_plugin
+
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        eval_every=args.eval_every,
+        eval_limit=args.eval_limit,
+        patience=args.patience,
+        seed=args.seed,
+        chat_template=not args.no_chat_template,
+    )
+    plugin_config = SoftPromptConfig(length=args.prompt_length, init=args.init).to_json()
+    backbone = resolve_backbone(args.backbone)
+    result = train_plugin(
+        backbone,
+        args.task.split(","),
+        args.method,
+        plugin_config,
+        config,
+        args.out,
+        resume=args.resume,
+    )
+    print(
+        f"best dev {result.best_metric:.4f} at step {result.best_step} "
+        f"({result.steps_done} steps{', stopped early' if result.stopped_early else ''}, "
+        f"{result.seconds:.0f} s); best checkpoint in {args.out}/best"
+    )
+    return 0
+
+
+def _cmd_export_peft(args: argparse.Namespace) -> int:
+    from frozenlm.backbone import resolve_backbone
+    from frozenlm.plugins.registry import export_peft_plugin
+
+    backbone = resolve_backbone(args.backbone)
+    task = export_peft_plugin(args.plugin_dir, args.out_dir, backbone, args.task)
+    print(f"exported the '{task}' prompt as a PEFT prompt-tuning adapter to {args.out_dir}")
+    return 0
+
+
+def _cmd_import_peft(args: argparse.Namespace) -> int:
+    from frozenlm.backbone import resolve_backbone
+    from frozenlm.plugins.registry import import_peft_plugin
+
+    backbone = resolve_backbone(args.backbone)
+    import_peft_plugin(args.peft_dir, args.out_dir, backbone, args.task)
+    print(f"imported {args.peft_dir} as a frozenlm soft prompt for '{args.task}' in {args.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frozenlm",
@@ -88,7 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.set_defaults(func=_cmd_tasks)
 
     ev = sub.add_parser("eval", help="evaluate prompt design on a task")
-    ev.add_argument("--task", required=True, help="a built-in task name or a task file (YAML/JSON)")
+    ev.add_argument("--task", help="a built-in task name or a task file (YAML/JSON)")
+    ev.add_argument(
+        "--plugin",
+        help="a trained plug-in folder (from frozenlm train); several, comma-separated, are "
+        "evaluated as a prompt ensemble",
+    )
+    ev.add_argument(
+        "--allow-other-backbone",
+        action="store_true",
+        help="load a plug-in trained on other backbone weights anyway",
+    )
     ev.add_argument("--method", choices=["zero-shot", "few-shot"], default="zero-shot")
     ev.add_argument("--shots", type=int, default=4, help="demonstrations for few-shot")
     ev.add_argument(
@@ -113,6 +253,41 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="write the report as JSON to this file")
     _add_backbone(ev)
     ev.set_defaults(func=_cmd_eval)
+
+    tr = sub.add_parser("train", help="train a plug-in (soft prompt) on one or more tasks")
+    tr.add_argument("--task", required=True, help="task names or files, comma-separated")
+    tr.add_argument("--method", choices=["soft-prompt"], default="soft-prompt")
+    tr.add_argument("--out", required=True, help="output folder (best/ and last/ checkpoints)")
+    tr.add_argument("--prompt-length", type=int, default=20, help="soft prompt vectors")
+    tr.add_argument("--init", choices=["class-labels", "vocab", "random"], default="class-labels")
+    tr.add_argument("--steps", type=int, default=150, help="optimizer steps at most")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    tr.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor")
+    tr.add_argument("--lr", type=float, default=0.3, help="learning rate (Lester: 0.3)")
+    tr.add_argument("--weight-decay", type=float, default=1e-5)
+    tr.add_argument("--eval-every", type=int, default=25, help="dev evaluation every N steps")
+    tr.add_argument("--eval-limit", type=int, default=200, help="dev examples per evaluation")
+    tr.add_argument("--patience", type=int, default=4, help="evaluations without improvement")
+    tr.add_argument("--no-chat-template", action="store_true")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    _add_backbone(tr)
+    tr.set_defaults(func=_cmd_train)
+
+    ex = sub.add_parser("export-peft", help="write a trained soft prompt as a PEFT adapter")
+    ex.add_argument("plugin_dir", metavar="DIR", help="a soft-prompt folder from frozenlm train")
+    ex.add_argument("out_dir", metavar="OUT", help="the PEFT adapter folder to write")
+    ex.add_argument("--task", help="which task's prompt (needed when DIR has several)")
+    _add_backbone(ex)
+    ex.set_defaults(func=_cmd_export_peft)
+
+    im = sub.add_parser("import-peft", help="turn a PEFT prompt-tuning adapter into a plug-in")
+    im.add_argument("peft_dir", metavar="PEFT_DIR", help="a PEFT prompt-tuning adapter folder")
+    im.add_argument("out_dir", metavar="OUT", help="the frozenlm checkpoint folder to write")
+    im.add_argument("--task", required=True, help="the task the prompt is for (name or file)")
+    _add_backbone(im)
+    im.set_defaults(func=_cmd_import_peft)
     return parser
 
 

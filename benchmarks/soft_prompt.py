@@ -1,0 +1,252 @@
+"""Benchmark: soft prompts on the embedded model, measured side by side in one run.
+
+- train step of frozenlm (loss and lm head on target tokens only, Adafactor) vs PEFT
+  `PromptTuningConfig` (full-vocabulary logits over the whole sequence, AdamW as in its
+  examples) on the same backbone weights, batch 8, the same token ids, P=20; steps interleaved so
+  machine noise hits both alike. Peak memory of each is measured in a fresh subprocess
+  (peak RSS during the steps minus RSS before them). Target `step_ratio` <= 0.7.
+- scoring with the prompt KV cache vs recomputing the prompt, P=100, inputs of 64 tokens.
+  Target `cache_speedup` >= 1.5.
+- a mixed-task batch of 4 tasks (each row its task's prompt) vs the same rows as 4 per-task
+  batches. Target `mixed_speedup` >= 1.0 with equal scores.
+
+    python benchmarks/soft_prompt.py --out soft_prompt.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import psutil
+import torch
+from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from frozenlm.atomic import atomic_write_json
+from frozenlm.backbone import Backbone, embedded_model_folder
+from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
+from frozenlm.prefix_cache import PrefixCache
+from frozenlm.prompting import PromptConfig, Prompter
+from frozenlm.scoring import ScoreRequest, score_batch
+from frozenlm.splice import IGNORE_INDEX, splice
+from frozenlm.tasks import load_task
+from frozenlm.train import TrainConfig, make_optimizer, target_loss
+
+P_TRAIN, P_CACHE, BATCH = 20, 100, 8
+
+
+def training_batch(backbone: Backbone) -> tuple[list[list[int]], list[list[int]]]:
+    """8 sentiment train rows as (prompt ids, target ids), zero-shot prompts."""
+    task = load_task("sentiment")
+    prompter = Prompter(
+        task.spec, backbone.tokenizer, PromptConfig(), max_tokens=1024, answer_tokens=4
+    )
+    rows = list(task.train[:BATCH])
+    prefixes = [prompter.render(ex).ids for ex in rows]
+    targets = [prompter.continuation_ids(prompter.demo_answer(ex)) for ex in rows]
+    return prefixes, targets
+
+
+def frozenlm_step_fn(backbone: Backbone, prefixes, targets) -> Callable[[], float]:
+    spec = load_task("sentiment").spec
+    plugin = SoftPromptSet.from_config(SoftPromptConfig(length=P_TRAIN), backbone, [spec], seed=0)
+    optimizer = make_optimizer(list(plugin.parameters()), TrainConfig())
+
+    def step() -> float:
+        soft = plugin.soft_tokens(spec.name, [None] * len(prefixes))  # type: ignore[list-item]
+        batch = splice(backbone, [[s, p] for s, p in zip(soft, prefixes, strict=True)], targets)
+        hidden = backbone.forward(batch.embeds, batch.attention_mask, batch.position_ids)
+        loss = target_loss(backbone, hidden, batch.labels)  # type: ignore[arg-type]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step
+
+
+def peft_step_fn(prefixes, targets) -> Callable[[], float]:
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_folder(), dtype=torch.float32)
+    config = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=P_TRAIN,
+        prompt_tuning_init=PromptTuningInit.RANDOM,
+    )
+    model = get_peft_model(base, config)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    # The usual PEFT recipe: right-padded ids, labels -100 except the target tokens.
+    width = max(len(p) + len(t) for p, t in zip(prefixes, targets, strict=True))
+    ids = torch.zeros(len(prefixes), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for b, (p, t) in enumerate(zip(prefixes, targets, strict=True)):
+        row = p + t
+        ids[b, : len(row)] = torch.tensor(row)
+        mask[b, : len(row)] = 1
+        labels[b, len(p) : len(row)] = torch.tensor(t)
+
+    def step() -> float:
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step
+
+
+def peak_memory_mb(which: str, steps: int) -> float:
+    """Run `steps` train steps of `which` in a fresh process; peak RSS growth during them."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-of", which, "--steps", str(steps)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_child(which: str, steps: int) -> None:
+    backbone = Backbone.load()
+    prefixes, targets = training_batch(backbone)
+    step = (
+        frozenlm_step_fn(backbone, prefixes, targets)
+        if which == "frozenlm"
+        else peft_step_fn(prefixes, targets)
+    )
+    if which == "peft":
+        del backbone
+    before = psutil.Process().memory_info().rss
+    for _ in range(steps):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(max(peak - before, 0) / 2**20)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--steps", type=int, default=6, help="timed train steps per side")
+    parser.add_argument("--memory-of", choices=["frozenlm", "peft"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        memory_child(args.memory_of, args.steps)
+        return
+    if not args.out:
+        parser.error("--out is required")
+    torch.manual_seed(0)
+    backbone = Backbone.load()
+    result: dict[str, object] = {"backbone": backbone.name, "threads": torch.get_num_threads()}
+
+    # 1. Train step, interleaved.
+    prefixes, targets = training_batch(backbone)
+    ours, theirs = frozenlm_step_fn(backbone, prefixes, targets), peft_step_fn(prefixes, targets)
+    ours(), theirs()  # warm-up
+    ours_s, theirs_s = [], []
+    for _ in range(args.steps):
+        ours_s.append(timed(ours))
+        theirs_s.append(timed(theirs))
+    result |= {
+        "train_batch": BATCH,
+        "prompt_length": P_TRAIN,
+        "mean_tokens_per_row": sum(len(p) + len(t) for p, t in zip(prefixes, targets, strict=True))
+        / BATCH,
+        "frozenlm_step_s": statistics.median(ours_s),
+        "peft_step_s": statistics.median(theirs_s),
+    }
+    result["step_ratio"] = result["frozenlm_step_s"] / result["peft_step_s"]  # type: ignore[operator]
+    result["frozenlm_peak_mb"] = peak_memory_mb("frozenlm", 3)
+    result["peft_peak_mb"] = peak_memory_mb("peft", 3)
+
+    # 2. Prompt KV cache: P=100, inputs of 64 tokens, 32 rows in batches of 8.
+    generator = torch.Generator().manual_seed(0)
+    soft = torch.randn(P_CACHE, backbone.hidden_size, generator=generator) * 0.02
+    inputs = torch.randint(1000, 20000, (32, 64), generator=generator).tolist()
+    labels = [[2731], [3524]]
+    chunks = [inputs[i : i + 8] for i in range(0, len(inputs), 8)]
+
+    def uncached() -> list[torch.Tensor]:
+        return [
+            s.logprobs
+            for c in chunks
+            for s in score_batch(backbone, [ScoreRequest([soft, x], labels) for x in c])
+        ]
+
+    def cached() -> list[torch.Tensor]:
+        shared = PrefixCache.compute(backbone, [soft])
+        return [
+            s.logprobs
+            for c in chunks
+            for s in score_batch(backbone, [ScoreRequest([x], labels) for x in c], shared)
+        ]
+
+    same = all(torch.allclose(a, b, atol=1e-4) for a, b in zip(cached(), uncached(), strict=True))
+    cached_s = min(timed(cached) for _ in range(3))
+    uncached_s = min(timed(uncached) for _ in range(3))
+    result |= {
+        "cached_s": cached_s,
+        "uncached_s": uncached_s,
+        "cache_speedup": uncached_s / cached_s,
+        "cache_equal_scores": same,
+    }
+
+    # 3. Mixed-task batch of 4 tasks vs 4 per-task batches (8 rows each).
+    names = ["sentiment", "topic", "trec", "tweets"]
+    tasks = [load_task(n) for n in names]
+    prompts = SoftPromptSet.from_config(
+        SoftPromptConfig(length=P_TRAIN), backbone, [t.spec for t in tasks], seed=0
+    )
+    per_task: list[list[ScoreRequest]] = []
+    for task in tasks:
+        prompter = Prompter(
+            task.spec, backbone.tokenizer, PromptConfig(), max_tokens=1024, answer_tokens=4
+        )
+        candidates = [prompter.continuation_ids(v) for v in task.spec.labels.values()]
+        examples = list(task.test[:8])
+        softs = prompts.soft_tokens(task.name, examples)
+        per_task.append(
+            [
+                ScoreRequest([s.detach(), prompter.render(ex).ids], candidates)
+                for s, ex in zip(softs, examples, strict=True)
+            ]
+        )
+    mixed_rows = [r for group in zip(*per_task, strict=True) for r in group]  # interleaved tasks
+
+    def separate() -> list[torch.Tensor]:
+        return [s.logprobs for group in per_task for s in score_batch(backbone, group)]
+
+    def mixed() -> list[torch.Tensor]:
+        scores = score_batch(backbone, mixed_rows)
+        # back to task-major order to compare with `separate`
+        return [scores[i * len(names) + t].logprobs for t in range(len(names)) for i in range(8)]
+
+    equal = all(torch.allclose(a, b, atol=1e-4) for a, b in zip(mixed(), separate(), strict=True))
+    mixed_s = min(timed(mixed) for _ in range(3))
+    separate_s = min(timed(separate) for _ in range(3))
+    result |= {
+        "mixed_s": mixed_s,
+        "per_task_s": separate_s,
+        "mixed_speedup": separate_s / mixed_s,
+        "mixed_equal_scores": equal,
+    }
+
+    atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""The one training loop for every plug-in: only plug-in parameters get gradients.
+
+Defaults are the recipe of Lester et al. 2021 for prompt tuning: Adafactor with a constant
+learning rate of 0.3, no parameter scaling, no relative step, weight decay 1e-5, early stopping
+on the dev metric. Rows of a batch may belong to different tasks (mixed-task batches); the data
+order is a pure function of (seed, step), so a run resumed from its last checkpoint finishes
+exactly like an uninterrupted one.
+
+Layout of `out`: the best checkpoint (by dev metric) in `out/best/`, the latest state for
+`--resume` (plug-in, optimizer, RNG, step) in `out/last/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.optimization import Adafactor
+
+from frozenlm.backbone import Backbone
+from frozenlm.checkpoint import (
+    load_training_state,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from frozenlm.errors import ConfigError
+from frozenlm.evaluate import EvalConfig, evaluate
+from frozenlm.plugins import SoftTokenSource
+from frozenlm.prompting import PromptConfig, Prompter
+from frozenlm.splice import IGNORE_INDEX, splice
+from frozenlm.tasks import Example, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a plug-in is trained (defaults: Lester et al. 2021)."""
+
+    steps: int = 150
+    """Optimizer steps at most (early stopping may end sooner)."""
+    batch_size: int = 8
+    """Rows per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    optimizer: Literal["adafactor", "adamw"] = "adafactor"
+    """adafactor: Lester's recipe; adamw: the choice of PEFT's examples."""
+    lr: float = 0.3
+    """Constant learning rate (Lester: 0.3 with Adafactor)."""
+    weight_decay: float = 1e-5
+    """Weight decay (Lester: 1e-5)."""
+    eval_every: int = 25
+    """Evaluate on dev (and save `last/`) every N steps."""
+    eval_limit: int | None = 200
+    """Dev examples per task per evaluation (None: the whole dev split)."""
+    patience: int = 4
+    """Stop after this many evaluations without a better dev metric (0: never stop early)."""
+    seed: int = 0
+    """Seed of initialisation and data order."""
+    chat_template: bool = True
+    """Render each input with the backbone's chat template around it, as zero-shot prompting."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(shots=0, chat_template=self.chat_template, seed=self.seed)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did."""
+
+    best_metric: float
+    best_step: int
+    steps_done: int
+    stopped_early: bool
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One training row: its task, the prompt ids and the target ids after them."""
+
+    task: str
+    example: Example
+    prefix: list[int]
+    target: list[int]
+
+
+def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> list[Row]:
+    """Every train example of every task as (prompt ids, target ids): zero-shot prompts whose
+    targets are the label verbalizer (classification) or the reference answer (generation)."""
+    rows: list[Row] = []
+    for task in tasks:
+        prompter = Prompter(
+            task.spec,
+            backbone.tokenizer,
+            config.prompt_config(),
+            max_tokens=min(backbone.max_length, 1024),
+            answer_tokens=32,
+        )
+        for ex in task.train:
+            target = prompter.continuation_ids(prompter.demo_answer(ex))
+            rows.append(Row(task.name, ex, prompter.render(ex).ids, target))
+    if not rows:
+        raise ConfigError("the tasks have no training examples")
+    return rows
+
+
+class DataOrder:
+    """Rows in a seeded permutation per epoch; position p of the stream is a pure function."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self._epochs: dict[int, list[int]] = {}
+
+    def __getitem__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        if epoch not in self._epochs:
+            order = list(range(self.size))
+            random.Random(self.seed * 100_003 + epoch).shuffle(order)
+            self._epochs = {epoch: order}
+        return self._epochs[epoch][offset]
+
+
+def target_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over target tokens; the lm head runs on those positions only.
+
+    hidden [B, T, D] and labels [B, T] (target token at t, IGNORE_INDEX elsewhere): position t-1
+    predicts the token at t.
+    """
+    targets = labels[:, 1:]  # [B, T-1]
+    where = targets != IGNORE_INDEX
+    logits = backbone.lm_logits(hidden[:, :-1][where])  # [N, V], N = target tokens
+    return F.cross_entropy(logits, targets[where])
+
+
+def row_soft_tokens(plugin: SoftTokenSource, rows: Sequence[Row]) -> list[torch.Tensor]:
+    """Soft tokens of each row from its task's plug-in, one call per task in the batch."""
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    for task in dict.fromkeys(r.task for r in rows):
+        index = [i for i, r in enumerate(rows) if r.task == task]
+        tokens = plugin.soft_tokens(task, [rows[i].example for i in index])
+        for i, row_tokens in zip(index, tokens, strict=True):
+            out[i] = row_tokens
+    return [t for t in out if t is not None]
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adafactor":
+        return Adafactor(
+            params,
+            lr=config.lr,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+            weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ConfigError(f"unknown optimizer '{config.optimizer}'; expected adafactor or adamw")
+
+
+def dev_metric(
+    backbone: Backbone, plugin: SoftTokenSource, tasks: Sequence[Task], config: TrainConfig
+) -> tuple[float, dict[str, float]]:
+    """Mean over tasks of each task's headline dev metric."""
+    per_task = {}
+    for task in tasks:
+        eval_config = EvalConfig(
+            split="dev", limit=config.eval_limit, chat_template=config.chat_template
+        )
+        report = evaluate(backbone, task, eval_config, plugin=plugin)
+        per_task[task.name] = report.metrics[task.spec.metric].value
+    return sum(per_task.values()) / len(per_task), per_task
+
+
+def train(
+    backbone: Backbone,
+    plugin: nn.Module,
+    tasks: Sequence[Task],
+    config: TrainConfig,
+    out: Path,
+    *,
+    meta: dict[str, Any],
+    resume: bool = False,
+) -> TrainResult:
+    """Train `plugin` (an nn.Module that is also a SoftTokenSource) on `tasks`.
+
+    `meta` (plug-in kind and config, task specs, backbone identity) goes into every checkpoint
+    with the training config and metrics.
+    """
+    source: SoftTokenSource = plugin  # type: ignore[assignment]
+    params = [p for p in plugin.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    rows = training_rows(backbone, tasks, config)
+    order = DataOrder(len(rows), config.seed)
+    torch.manual_seed(config.seed)
+    # best is None until the first dev evaluation (JSON has no -inf)
+    state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "bad": 0}
+    history: list[dict[str, Any]] = []
+    meta = {**meta, "train_config": asdict(config)}
+
+    if resume:
+        saved = load_training_state(out / "last")
+        if saved is None:
+            log.warning("no saved training state in %s; starting from step 0", out / "last")
+        else:
+            tensors, saved_meta = saved
+            with torch.no_grad():
+                for name, param in plugin.named_parameters():
+                    param.copy_(tensors[f"param.{name}"])
+            optimizer.load_state_dict(
+                optimizer_state_from_tensors(
+                    {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")},
+                    saved_meta["optimizer"],
+                )
+            )
+            restore_rng_state(
+                {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, saved_meta["rng"]
+            )
+            state = saved_meta["loop"]
+            history = saved_meta["history"]
+
+    def save_last() -> None:
+        opt_tensors, opt_meta = optimizer_state_to_tensors(optimizer.state_dict())
+        rng_tensors, rng_meta = rng_state()
+        training = {f"param.{n}": p.detach().clone() for n, p in plugin.named_parameters()}
+        training |= {f"opt.{k}": v for k, v in opt_tensors.items()}
+        training |= {f"rng.{k}": v for k, v in rng_tensors.items()}
+        last_meta = {**meta, "metrics": {"history": history}}
+        save_checkpoint(
+            out / "last",
+            plugin_tensors(plugin),
+            last_meta,
+            training_tensors=training,
+            training_meta={
+                "optimizer": opt_meta,
+                "rng": rng_meta,
+                "loop": state,
+                "history": history,
+                "run": {
+                    "plugin_config": meta.get("plugin_config"),
+                    "tasks": sorted(meta.get("tasks", {})),
+                    "train_config": asdict(config),
+                    "fingerprint": meta.get("backbone", {}).get("fingerprint"),
+                },
+            },
+        )
+
+    start = time.perf_counter()
+    stopped = False
+    bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step", disable=None)
+    while state["step"] < config.steps and not stopped:
+        step = state["step"]
+        total = 0.0
+        for micro in range(config.grad_accum):
+            first = (step * config.grad_accum + micro) * config.batch_size
+            batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
+            soft = row_soft_tokens(source, batch)
+            spliced = splice(
+                backbone,
+                [[s, r.prefix] for s, r in zip(soft, batch, strict=True)],
+                targets=[r.target for r in batch],
+            )
+            hidden = backbone.forward(spliced.embeds, spliced.attention_mask, spliced.position_ids)
+            assert spliced.labels is not None
+            loss = target_loss(backbone, hidden, spliced.labels) / config.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.3f}", best=state["best"])
+        if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
+            plugin.eval()
+            metric, per_task = dev_metric(backbone, source, tasks, config)
+            plugin.train()
+            history.append(
+                {"step": state["step"], "loss": total, "dev": metric, "per_task": per_task}
+            )
+            if state["best"] is None or metric > state["best"]:
+                state.update(best=metric, best_step=state["step"], bad=0)
+                best_meta = {
+                    **meta,
+                    "metrics": {"dev": metric, "dev_per_task": per_task, "step": state["step"]},
+                }
+                save_checkpoint(out / "best", plugin_tensors(plugin), best_meta)
+            else:
+                state["bad"] += 1
+            stopped = config.patience > 0 and state["bad"] >= config.patience
+            save_last()
+            bar.set_postfix(loss=f"{total:.3f}", dev=f"{metric:.3f}", best=f"{state['best']:.3f}")
+    bar.close()
+    return TrainResult(
+        best_metric=state["best"] if state["best"] is not None else float("nan"),
+        best_step=state["best_step"],
+        steps_done=state["step"],
+        stopped_early=stopped,
+        seconds=time.perf_counter() - start,
+        history=history,
+    )
+
+
+def plugin_tensors(plugin: nn.Module) -> dict[str, torch.Tensor]:
+    """The plug-in's weights to store (fp32, detached)."""
+    tensors = getattr(plugin, "tensors", None)
+    if callable(tensors):
+        return dict(tensors())
+    return {n: p.detach().float().clone() for n, p in plugin.named_parameters()}
+
+
+def train_plugin(
+    backbone: Backbone,
+    task_refs: Sequence[str],
+    method: str,
+    plugin_config: dict[str, Any],
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+) -> TrainResult:
+    """`frozenlm train`: a new plug-in of kind `method` for the tasks named (built-in names or
+    task files), trained in one loop over mixed-task batches, saved under `out`."""
+    from frozenlm.plugins.registry import plugin_kind, plugin_meta
+    from frozenlm.tasks import load_task
+
+    out = Path(out)
+    kind = plugin_kind(method)
+    if not resume and (out / "best").exists():
+        raise ConfigError(
+            f"'{out}' already holds a training run; pass --resume to continue it or choose "
+            "another --out"
+        )
+    tasks = [load_task(ref, seed=config.seed) for ref in task_refs]
+    if len({t.name for t in tasks}) != len(tasks):
+        raise ConfigError("each task may be named only once in --task")
+    meta = plugin_meta(method, plugin_config, backbone, tasks, task_refs)
+    if resume and (out / "last").exists():
+        saved = load_training_state(out / "last")
+        if saved is not None:
+            _check_same_run(out, saved[1].get("run", {}), meta, config)
+    plugin = kind.build(plugin_config, backbone, [t.spec for t in tasks], config.seed)
+    plugin.train()
+    return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
+
+
+def _check_same_run(
+    out: Path, saved: dict[str, Any], meta: dict[str, Any], config: TrainConfig
+) -> None:
+    now = {
+        "plugin_config": meta["plugin_config"],
+        "tasks": sorted(meta["tasks"]),
+        "train_config": asdict(config),
+        "fingerprint": meta["backbone"]["fingerprint"],
+    }
+    for key, value in now.items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(
+                f"--resume: the run saved in '{out}' used another {key.replace('_', ' ')} "
+                f"({saved[key]} vs {value}); resume with the same command"
+            )
