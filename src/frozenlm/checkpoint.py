@@ -191,10 +191,10 @@ def _readable_folder(folder: Path) -> Path:
     raise CheckpointError(f"checkpoint folder '{folder}' does not exist")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A checkpoint JSON file with a supported format, a tensor list and a sha256."""
+def read_json_object(path: Path, missing: str) -> dict[str, Any]:
+    """The JSON object in `path`; CheckpointError (with `missing` as the reason when absent)."""
     if not path.is_file():
-        raise CheckpointError(f"'{path}' is missing (not a checkpoint, or not saved by frozenlm)")
+        raise CheckpointError(f"'{path}' is missing ({missing})")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -203,6 +203,12 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"'{path}' cannot be read ({err.strerror})") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"'{path}' holds a JSON {type(meta).__name__}, expected an object")
+    return meta
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint JSON file with a supported format, a tensor list and a sha256."""
+    meta = read_json_object(path, "not a checkpoint, or not saved by frozenlm")
     version = meta.get("format")
     if type(version) is not int or version < 1:
         raise CheckpointError(f"'{path}' has no valid 'format' field (got {version!r})")

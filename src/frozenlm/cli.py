@@ -22,6 +22,17 @@ def _add_backbone(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _report(headline: str, data: Any, out: str | None) -> int:
+    """Print a report's headline and, with --out, write its JSON atomically."""
+    from frozenlm.atomic import atomic_write_json
+
+    print(headline)
+    if out:
+        atomic_write_json(out, data)
+        print(f"wrote {out}")
+    return 0
+
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from frozenlm.tasks import task_summaries
 
@@ -45,7 +56,6 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from frozenlm.atomic import atomic_write_json
     from frozenlm.backbone import resolve_backbone
     from frozenlm.evaluate import EvalConfig, evaluate
     from frozenlm.tasks import load_task
@@ -72,15 +82,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     task = load_task(args.task, seed=args.seed)
     backbone = resolve_backbone(args.backbone)
     report = evaluate(backbone, task, config)
-    print(report.headline())
-    if args.out:
-        atomic_write_json(args.out, report.to_json())
-        print(f"wrote {args.out}")
-    return 0
+    return _report(report.headline(), report.to_json(), args.out)
 
 
 def _eval_plugin(args: argparse.Namespace) -> int:
-    from frozenlm.atomic import atomic_write_json
     from frozenlm.backbone import resolve_backbone
     from frozenlm.evaluate import EvalConfig, evaluate
     from frozenlm.plugins.registry import load_plugin
@@ -110,16 +115,14 @@ def _eval_plugin(args: argparse.Namespace) -> int:
         )
         task = load_task(sources[name], seed=train_config.get("seed", 0))
         report = evaluate(backbone, task, config, plugin=plugin)  # type: ignore[arg-type]
-        print(report.headline())
-        reports.append(report.to_json())
-    if args.out:
-        atomic_write_json(args.out, reports[0] if len(reports) == 1 else {"reports": reports})
-        print(f"wrote {args.out}")
-    return 0
+        reports.append(report)
+    data = (
+        reports[0].to_json() if len(reports) == 1 else {"reports": [r.to_json() for r in reports]}
+    )
+    return _report("\n".join(r.headline() for r in reports), data, args.out)
 
 
 def _eval_ensemble(args: argparse.Namespace, backbone: Any) -> int:
-    from frozenlm.atomic import atomic_write_json
     from frozenlm.ensemble import evaluate_ensemble
     from frozenlm.evaluate import EvalConfig
     from frozenlm.plugins.registry import load_plugin
@@ -140,11 +143,7 @@ def _eval_ensemble(args: argparse.Namespace, backbone: Any) -> int:
         chat = checkpoint.meta.get("train_config", {}).get("chat_template", True)
     config = EvalConfig(split=args.split, limit=args.limit, chat_template=chat, seed=args.seed)
     report = evaluate_ensemble(backbone, load_task(source), prompts, config, names=folders)
-    print(report.headline())
-    if args.out:
-        atomic_write_json(args.out, report.to_json())
-        print(f"wrote {args.out}")
-    return 0
+    return _report(report.headline(), report.to_json(), args.out)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -19,8 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from frozenlm.atomic import write_folder
 from frozenlm.backbone import Backbone, embedded_model_folder
-from frozenlm.checkpoint import write_folder
+from frozenlm.checkpoint import read_json_object
 from frozenlm.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -141,16 +142,7 @@ def import_peft(peft_dir: str | Path, backbone: Backbone) -> torch.Tensor:
 def _read_config(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise CheckpointError(f"PEFT adapter folder '{folder}' does not exist")
-    path = folder / ADAPTER_CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"'{path}' is missing (not a PEFT adapter folder)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"'{path}' is not valid JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise CheckpointError(f"'{path}' holds a JSON {type(config).__name__}, expected an object")
-    return config
+    return read_json_object(folder / ADAPTER_CONFIG, "not a PEFT adapter folder")
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
