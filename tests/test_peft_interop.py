@@ -148,3 +148,21 @@ def test_refuses_adapters_it_cannot_use(
         export_peft(torch.zeros(P, 32), backbone, tmp_path / "d")
     with pytest.raises(CheckpointError, match=r"does not exist"):
         import_peft(tmp_path / "missing", backbone)
+
+
+@pytest.mark.slow
+def test_peft_loads_an_export_for_the_embedded_model(embedded: Backbone, tmp_path: Path) -> None:
+    from frozenlm.backbone import embedded_model_folder
+
+    soft = torch.randn(6, embedded.hidden_size, generator=torch.Generator().manual_seed(1)) * 0.05
+    export_peft(soft, embedded, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(embedded_model_folder())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    model = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    ids = embedded.tokenizer("Review: a gripping film.\nAnswer: positive")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, 6 : 6 + len(ids) - 1].float()
+    peft_lp = F.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    torch.testing.assert_close(_frozenlm_logprobs(embedded, soft, ids), peft_lp, atol=1e-4, rtol=0)
+    assert torch.equal(import_peft(tmp_path / "adapter", embedded), soft)
