@@ -215,7 +215,15 @@ def train(
     order = DataOrder(len(rows), config.seed)
     torch.manual_seed(config.seed)
     # best is None until the first dev evaluation (JSON has no -inf)
-    state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "bad": 0}
+    # loss_sum / loss_steps: training loss since the last evaluation
+    state: dict[str, Any] = {
+        "step": 0,
+        "best": None,
+        "best_step": 0,
+        "bad": 0,
+        "loss_sum": 0.0,
+        "loss_steps": 0,
+    }
     history: list[dict[str, Any]] = []
     meta = {**meta, "train_config": asdict(config)}
 
@@ -289,14 +297,18 @@ def train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state["step"] = step + 1
+        state["loss_sum"] += total
+        state["loss_steps"] += 1
         bar.update(1)
         bar.set_postfix(loss=f"{total:.3f}", best=state["best"])
         if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
             plugin.eval()
             metric, per_task = dev_metric(backbone, source, tasks, config)
             plugin.train()
+            mean_loss = state["loss_sum"] / state["loss_steps"]
+            state.update(loss_sum=0.0, loss_steps=0)
             history.append(
-                {"step": state["step"], "loss": total, "dev": metric, "per_task": per_task}
+                {"step": state["step"], "loss": mean_loss, "dev": metric, "per_task": per_task}
             )
             if state["best"] is None or metric > state["best"]:
                 state.update(best=metric, best_step=state["step"], bad=0)
