@@ -245,7 +245,7 @@ def train(
             restore_rng_state(
                 {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, saved_meta["rng"]
             )
-            state = saved_meta["loop"]
+            state = {**state, **saved_meta["loop"]}
             history = saved_meta["history"]
 
     def save_last() -> None:
