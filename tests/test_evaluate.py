@@ -95,3 +95,8 @@ def test_embedded_model_beats_chance_on_trec_with_calibration(
 ) -> None:
     report = evaluate(embedded, trec, EvalConfig(limit=60, calibrate=True))
     assert report.metrics["accuracy"].value > 1 / 6 + 0.1
+
+
+def test_chain_of_thought_is_named_in_the_method(tiny: Backbone) -> None:
+    config = EvalConfig(limit=2, chain_of_thought=True, max_new_tokens=4)
+    assert evaluate(tiny, load_task("trivia"), config).method == "zero-shot-cot"

@@ -272,7 +272,9 @@ def evaluate(
         task=task.name,
         method=plugin.kind
         if plugin is not None
-        else config.method + (f"-{prompt_config.shots}" if prompt_config.shots else ""),
+        else config.method
+        + (f"-{prompt_config.shots}" if prompt_config.shots else "")
+        + ("-cot" if config.chain_of_thought else ""),
         backbone=backbone.name,
         fingerprint=backbone.fingerprint,
         split=config.split,
