@@ -67,7 +67,7 @@ def frozenlm_step_fn(backbone: Backbone, prefixes, targets) -> Callable[[], floa
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -98,7 +98,7 @@ def peft_step_fn(prefixes, targets) -> Callable[[], float]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
