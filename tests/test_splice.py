@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from frozenlm.backbone import Backbone
-from frozenlm.splice import IGNORE_INDEX, splice, splice_continuation
+from frozenlm.splice import IGNORE_INDEX, pack, splice, splice_continuation
+from frozenlm.train import target_loss
 
 
 def test_left_padding_masks_and_positions(tiny: Backbone) -> None:
@@ -71,3 +72,49 @@ def test_wrong_width_soft_tokens_are_refused(tiny: Backbone) -> None:
 def test_a_flat_id_list_is_not_a_row(tiny: Backbone) -> None:
     with pytest.raises(TypeError, match="list of pieces"):
         splice(tiny, [[5, 6]])  # type: ignore[list-item]
+
+
+def test_pack_puts_short_rows_together_with_restarting_positions(tiny: Backbone) -> None:
+    soft = torch.randn(2, tiny.hidden_size)
+    packed = pack(tiny, [[soft, [5, 6]], [[7]], [[8]]], targets=[[9], [10, 11], [12]])
+    assert packed.embeds.shape == (2, 5, tiny.hidden_size)  # capacity = longest row (5)
+    assert packed.lengths.tolist() == [5, 3, 2]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    ignore = IGNORE_INDEX
+    assert packed.labels.tolist() == [
+        [ignore, ignore, ignore, ignore, 9],
+        [ignore, 10, 11, ignore, 12],
+    ]
+    torch.testing.assert_close(packed.embeds[0, :2], soft)
+
+
+def test_a_bin_tail_is_a_separate_dummy_segment(tiny: Backbone) -> None:
+    packed = pack(tiny, [[[5, 6, 7, 8]], [[9]]], targets=[[10], [11]])
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 0, 1, 2]]
+    assert packed.labels[1].tolist() == [IGNORE_INDEX, 11, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]
+
+
+def test_packed_loss_and_gradients_equal_padded_ones(tiny: Backbone) -> None:
+    torch.manual_seed(0)
+    soft = [torch.randn(n, tiny.hidden_size, requires_grad=True) for n in (4, 1, 3)]
+    prefixes = [[11, 12, 13], [14, 15, 16, 17, 18, 19, 20], [21], [22, 23]]
+    targets = [[30], [31, 32], [33], [34]]
+    soft.append(torch.randn(2, tiny.hidden_size, requires_grad=True))
+    rows = [[s, p] for s, p in zip(soft, prefixes, strict=True)]
+
+    padded = splice(tiny, rows, targets)
+    assert padded.labels is not None
+    hidden = tiny.forward(padded.embeds, padded.attention_mask, padded.position_ids)
+    loss_padded = target_loss(tiny, hidden, padded.labels)
+    grads_padded = torch.autograd.grad(loss_padded, soft)
+
+    packed = pack(tiny, rows, targets)
+    assert packed.embeds.shape[0] == 3  # rows 3 and 4 share a bin
+    hidden = tiny.forward(packed.embeds, None, packed.position_ids)
+    loss_packed = target_loss(tiny, hidden, packed.labels)
+    grads_packed = torch.autograd.grad(loss_packed, soft)
+
+    torch.testing.assert_close(loss_packed, loss_padded, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads_packed, grads_padded, strict=True):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

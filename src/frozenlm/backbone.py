@@ -289,7 +289,7 @@ class Backbone:
     def forward(
         self,
         inputs_embeds: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         cache: DynamicCache | None = None,
     ) -> torch.Tensor:
@@ -297,11 +297,14 @@ class Backbone:
 
         `attention_mask` [B, past + T] covers cached and new positions (0 = padding);
         `position_ids` [B, T] are explicit so left padding and soft tokens stay correct.
-        `cache`, when given, is read and extended in place.
+        `cache`, when given, is read and extended in place. A packed batch (`splice.pack`:
+        mask None, no cache, position ids restarting at 0 per row) attends within each row only.
         """
+        if attention_mask is None and cache is not None:
+            raise ValueError("a packed batch (no attention mask) cannot use a KV cache")
         out = self._decoder(
             inputs_embeds=inputs_embeds.to(self.dtype),
-            attention_mask=attention_mask.to(self.device),
+            attention_mask=None if attention_mask is None else attention_mask.to(self.device),
             position_ids=position_ids.to(self.device),
             cache=cache,
             use_cache=cache is not None,

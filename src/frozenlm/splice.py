@@ -5,6 +5,9 @@ A row is a sequence of pieces: token ids (`Sequence[int]`) or soft tokens (a flo
 which pieces they carry, so every row of a batch can carry a different task's plug-in.
 Rows are left-padded (the last real token of every row is at the last column), which is what
 batched scoring and generation need; position ids count real tokens only.
+
+Training needs no left padding: `pack` lays rows end to end in bins whose position ids restart at
+0 for each row, which the backbone reads as independent sequences, so short rows share a bin.
 """
 
 from __future__ import annotations
@@ -31,24 +34,24 @@ class Spliced:
     labels: torch.Tensor | None = None  # [B, T], target token at t, IGNORE_INDEX elsewhere
 
 
+@dataclass
+class Packed:
+    """Rows laid end to end in bins, for `Backbone.forward` with no attention mask."""
+
+    embeds: torch.Tensor  # [N_bins, C, D]
+    position_ids: torch.Tensor  # [N_bins, C], restarting at 0 for each row
+    lengths: torch.Tensor  # [B], positions per row
+    labels: torch.Tensor  # [N_bins, C], target token at t, IGNORE_INDEX elsewhere
+
+
 def _is_soft(piece: Piece) -> bool:
     return isinstance(piece, torch.Tensor) and piece.is_floating_point()
 
 
-def _piece_length(piece: Piece) -> int:
-    return int(piece.shape[0]) if _is_soft(piece) else len(piece)  # type: ignore[union-attr]
-
-
-def splice(
-    backbone: Backbone,
-    rows: Sequence[Sequence[Piece]],
-    targets: Sequence[Sequence[int]] | None = None,
-) -> Spliced:
-    """Join each row's pieces (and optional target ids, appended last) into a padded batch.
-
-    With `targets`, `labels[b, t]` is the target token at position t (so the hidden state at t-1
-    predicts it) and IGNORE_INDEX everywhere else: the loss covers target tokens only.
-    """
+def _embed_rows(
+    backbone: Backbone, rows: Sequence[Sequence[Piece]], targets: Sequence[Sequence[int]] | None
+) -> list[torch.Tensor]:
+    """Each row's pieces (then its target ids) embedded and joined: one [T_b, D] per row."""
     if targets is not None and len(targets) != len(rows):
         raise ValueError(f"{len(rows)} rows but {len(targets)} target sequences")
     full_rows: list[list[Piece]] = [list(row) for row in rows]
@@ -65,12 +68,9 @@ def splice(
     embedded = iter(torch.split(flat_embeds, [len(p) for p in token_pieces]))
 
     width = backbone.hidden_size
-    lengths = [sum(_piece_length(p) for p in row) for row in full_rows]
-    total = max(lengths) if lengths else 0
-    dtype = backbone.dtype
-    row_embeds: list[torch.Tensor] = []
-    for row, length in zip(full_rows, lengths, strict=True):
-        parts = [torch.zeros(total - length, width, dtype=dtype, device=backbone.device)]
+    out: list[torch.Tensor] = []
+    for row in full_rows:
+        parts = [torch.zeros(0, width, dtype=backbone.dtype, device=backbone.device)]
         for piece in row:
             if _is_soft(piece):
                 assert isinstance(piece, torch.Tensor)
@@ -79,11 +79,29 @@ def splice(
                     raise ValueError(
                         f"soft tokens must be [P, {width}] for this backbone, got {shape}"
                     )
-                parts.append(piece.to(device=backbone.device, dtype=dtype))
+                parts.append(piece.to(device=backbone.device, dtype=backbone.dtype))
             else:
                 parts.append(next(embedded))
-        row_embeds.append(torch.cat(parts))  # [T, D]
-    embeds = torch.stack(row_embeds) if row_embeds else torch.zeros(0, 0, width)  # [B, T, D]
+        out.append(torch.cat(parts))  # [T_b, D]
+    return out
+
+
+def splice(
+    backbone: Backbone,
+    rows: Sequence[Sequence[Piece]],
+    targets: Sequence[Sequence[int]] | None = None,
+) -> Spliced:
+    """Join each row's pieces (and optional target ids, appended last) into a padded batch.
+
+    With `targets`, `labels[b, t]` is the target token at position t (so the hidden state at t-1
+    predicts it) and IGNORE_INDEX everywhere else: the loss covers target tokens only.
+    """
+    width = backbone.hidden_size
+    row_embeds = _embed_rows(backbone, rows, targets)
+    lengths = [int(e.shape[0]) for e in row_embeds]
+    total = max(lengths) if lengths else 0
+    padded = [torch.cat([e.new_zeros(total - int(e.shape[0]), width), e]) for e in row_embeds]
+    embeds = torch.stack(padded) if padded else torch.zeros(0, 0, width)  # [B, T, D]
 
     lengths_t = torch.tensor(lengths, dtype=torch.long)
     columns = torch.arange(total).unsqueeze(0)  # [1, T]
@@ -98,6 +116,52 @@ def splice(
             if target:
                 labels[b, total - len(target) :] = torch.tensor(list(target), dtype=torch.long)
     return Spliced(embeds, attention_mask, position_ids, lengths_t, labels)
+
+
+def pack(
+    backbone: Backbone, rows: Sequence[Sequence[Piece]], targets: Sequence[Sequence[int]]
+) -> Packed:
+    """The rows, each followed by its target ids, packed into bins as long as the longest row.
+
+    Rows are placed first-fit by decreasing length, end to end within a bin, and the position ids
+    restart at 0 for each row; the unused tail of a bin is a dummy segment (its own positions,
+    never a target). With no attention mask the backbone then attends within each row only (a
+    block-diagonal causal mask). Short rows share a bin, so no more positions are computed than
+    in a padded batch and often fewer; a bin holding one full-length row needs no mask at all.
+    `labels[b, t]` is the target token at t and IGNORE_INDEX elsewhere; a row's first position
+    is never a target, so nothing is learned across a row boundary.
+    """
+    embedded = _embed_rows(backbone, rows, targets)
+    lengths = [int(e.shape[0]) for e in embedded]
+    if any(length == 0 for length in lengths):
+        raise ValueError("every packed row needs at least one position")
+    capacity = max(lengths)
+    bins: list[list[int]] = []  # row indices per bin
+    free: list[int] = []
+    for i in sorted(range(len(rows)), key=lambda i: -lengths[i]):
+        slot = next((b for b, room in enumerate(free) if room >= lengths[i]), None)
+        if slot is None:
+            bins.append([])
+            free.append(capacity)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        free[slot] -= lengths[i]
+
+    width = backbone.hidden_size
+    embeds = embedded[0].new_zeros(len(bins), capacity, width)  # [N_bins, C, D]
+    position_ids = torch.zeros(len(bins), capacity, dtype=torch.long)
+    labels = torch.full((len(bins), capacity), IGNORE_INDEX, dtype=torch.long)
+    for b, members in enumerate(bins):
+        start = 0
+        for i in members:
+            end = start + lengths[i]
+            embeds[b, start:end] = embedded[i]
+            position_ids[b, start:end] = torch.arange(lengths[i])
+            if targets[i]:
+                labels[b, end - len(targets[i]) : end] = torch.tensor(list(targets[i]))
+            start = end
+        position_ids[b, start:] = torch.arange(capacity - start)  # dummy tail segment
+    return Packed(embeds, position_ids, torch.tensor(lengths, dtype=torch.long), labels)
 
 
 def splice_continuation(

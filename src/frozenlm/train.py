@@ -39,7 +39,7 @@ from frozenlm.errors import ConfigError
 from frozenlm.evaluate import EvalConfig, evaluate
 from frozenlm.plugins import SoftTokenSource
 from frozenlm.prompting import PromptConfig, Prompter
-from frozenlm.splice import IGNORE_INDEX, splice
+from frozenlm.splice import IGNORE_INDEX, pack
 from frozenlm.tasks import Example, Task
 
 log = logging.getLogger(__name__)
@@ -284,14 +284,14 @@ def train(
             first = (step * config.grad_accum + micro) * config.batch_size
             batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
             soft = row_soft_tokens(source, batch)
-            spliced = splice(
+            # Packed: the rows end to end, so no compute goes to padding.
+            packed = pack(
                 backbone,
                 [[s, r.prefix] for s, r in zip(soft, batch, strict=True)],
                 targets=[r.target for r in batch],
             )
-            hidden = backbone.forward(spliced.embeds, spliced.attention_mask, spliced.position_ids)
-            assert spliced.labels is not None
-            loss = target_loss(backbone, hidden, spliced.labels) / config.grad_accum
+            hidden = backbone.forward(packed.embeds, None, packed.position_ids)
+            loss = target_loss(backbone, hidden, packed.labels) / config.grad_accum
             loss.backward()
             total += float(loss.detach())
         optimizer.step()
