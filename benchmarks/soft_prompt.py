@@ -8,9 +8,9 @@
   minus the RSS before them (model loaded). Target `step_ratio` <= 0.7.
 - scoring with the prompt KV cache vs recomputing the prompt, P=100, inputs of 64 tokens.
   Target `cache_speedup` >= 1.5.
-- 32 rows of 4 tasks (each row its task's prompt) in 4 mixed-task batches of 8 grouped by
-  length vs the same rows as 4 per-task batches of 8. Target `mixed_speedup` >= 1.0 with equal
-  scores.
+- 32 rows of 4 tasks (each row its task's prompt) batched as evaluation batches them (sorted by
+  length, at most 16 rows and 4096 tokens a batch), across tasks (mixed) vs within each task.
+  Target `mixed_speedup` >= 1.0 with equal scores.
 
     python benchmarks/soft_prompt.py --out soft_prompt.json
 """
@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, embedded_model_folder
+from frozenlm.evaluate import EvalConfig
 from frozenlm.measure import PeakMemory
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.prefix_cache import PrefixCache
@@ -233,16 +234,32 @@ def main() -> None:
                 for s, ex in zip(softs, examples, strict=True)
             ]
         )
-    # Both sides score 32 rows in 4 batches of 8, each batch sorted by length to keep padding
-    # small: per-task batches can only group rows of one task, mixed batches group rows of any
-    # task, so similar lengths share a batch.
+    # Both sides batch as evaluation does (rows sorted by length, at most 16 rows and 4096
+    # padded tokens per batch): per-task batching can only group rows of one task, mixed batching
+    # groups rows of any task, so it fills fewer, fuller batches.
+    budget = EvalConfig()
     rows = [r for group in per_task for r in group]  # task-major
     lengths = [sum(len(p) for p in r.prefix) for r in rows]
-    mixed_batches = token_budget_batches(lengths, max_tokens=10**9, max_rows=8)
-    assert len(mixed_batches) == len(per_task)
+    mixed_batches = token_budget_batches(lengths, budget.batch_tokens, budget.batch_rows)
+    task_batches = [
+        [
+            [group[i] for i in b]
+            for b in token_budget_batches(
+                [sum(len(p) for p in r.prefix) for r in group],
+                budget.batch_tokens,
+                budget.batch_rows,
+            )
+        ]
+        for group in per_task
+    ]
 
     def separate() -> list[torch.Tensor]:
-        return [s.logprobs for group in per_task for s in score_batch(backbone, group)]
+        out: dict[int, torch.Tensor] = {}
+        for group in task_batches:
+            for batch in group:
+                for request, scores in zip(batch, score_batch(backbone, batch), strict=True):
+                    out[id(request)] = scores.logprobs
+        return [out[id(r)] for r in rows]
 
     def mixed() -> list[torch.Tensor]:
         out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
@@ -261,7 +278,9 @@ def main() -> None:
         "per_task_s": separate_s,
         "mixed_speedup": separate_s / mixed_s,
         "mixed_padding": padding([[rows[i] for i in b] for b in mixed_batches]),
-        "per_task_padding": padding(per_task),
+        "per_task_padding": padding([b for group in task_batches for b in group]),
+        "mixed_batches": len(mixed_batches),
+        "per_task_batches": sum(len(group) for group in task_batches),
         "mixed_equal_scores": equal,
     }
 

@@ -2,12 +2,15 @@
 
 On Linux the kernel keeps a high-water mark of the resident set (VmHWM) that can be reset
 (`/proc/self/clear_refs`, "5"), so the peak during a `with PeakMemory()` block is exact and
-not hidden by whatever was loaded before it. Elsewhere the growth of the current resident set is
-sampled at exit only (a lower bound), and `exact` says so.
+not hidden by whatever was loaded before it; free heap memory is returned to the OS first
+(glibc `malloc_trim`), so reused free space does not hide the growth either. Elsewhere the
+growth of the current resident set is sampled at exit only (a lower bound), and `exact` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +38,13 @@ def _reset_high_water_mark() -> bool:
     return True
 
 
+def _return_free_heap() -> None:
+    """Give memory freed earlier back to the OS (glibc), so growth is measured from what is in
+    use rather than hidden by a heap that already holds free space."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakMemory:
     """`with PeakMemory() as peak: ...` then `peak.mb`: resident-set growth at its peak (MiB)."""
 
@@ -44,6 +54,7 @@ class PeakMemory:
         self._before = 0
 
     def __enter__(self) -> PeakMemory:
+        _return_free_heap()
         self.exact = _reset_high_water_mark() and _status_kib("VmHWM") is not None
         self._before = psutil.Process().memory_info().rss
         return self

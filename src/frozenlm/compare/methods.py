@@ -1,0 +1,305 @@
+"""Every way of specialising the frozen backbone, under one small protocol.
+
+A `Method` is fitted on a task's train (and dev) split and returns a `Fitted`: what to evaluate
+with (a backbone, possibly a fine-tuned copy, an optional plug-in, an `EvalConfig`) and what it
+cost (trainable parameters, labelled examples, training seconds, bytes a user must store per
+task). `METHODS` is the one registry `compare` reads; a method that cannot run on a task says why
+(`unavailable`) and is reported as skipped, never dropped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from frozenlm.backbone import Backbone
+from frozenlm.checkpoint import load_checkpoint, save_checkpoint
+from frozenlm.evaluate import EvalConfig
+from frozenlm.finetune import FineTuned, LoraSettings, full_copy, lora_copy
+from frozenlm.peft_prompt import PeftPromptConfig, train_peft_prompt
+from frozenlm.plugins import SoftTokenSource
+from frozenlm.plugins.registry import load_plugin, plugin_meta
+from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
+from frozenlm.tasks import Task
+from frozenlm.train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much compute a comparison may spend."""
+
+    name: str
+    steps: int
+    """Optimizer steps of every trained method."""
+    batch_size: int
+    """Rows per step."""
+    eval_every: int
+    """Dev evaluation (early stopping, best checkpoint) every N steps."""
+    dev_limit: int
+    """Dev examples per evaluation."""
+    test_limit: int | None
+    """Test examples per task (None: the whole test split)."""
+    train_sizes: tuple[int | None, ...]
+    """Labelled training examples for the learning curves (None: the whole train split)."""
+    shots: int = 4
+    """Demonstrations of few-shot prompting."""
+
+    def describe(self) -> str:
+        sizes = ", ".join("all" if s is None else str(s) for s in self.train_sizes)
+        test = "whole test split" if self.test_limit is None else f"first {self.test_limit}"
+        return (
+            f"{self.name}: {self.steps} steps x batch {self.batch_size}, dev every "
+            f"{self.eval_every} steps on {self.dev_limit} examples, test: {test}, "
+            f"train sizes {sizes}, {self.shots}-shot prompts"
+        )
+
+
+BUDGETS = {
+    "quick": Budget("quick", steps=16, batch_size=4, eval_every=16, dev_limit=40,
+                    test_limit=100, train_sizes=(16, 128)),
+    "full": Budget("full", steps=150, batch_size=8, eval_every=25, dev_limit=200,
+                   test_limit=400, train_sizes=(16, 64, 256, None)),
+}  # fmt: skip
+
+
+@dataclass
+class Fitted:
+    """A fitted method: what to evaluate with and what fitting it cost."""
+
+    backbone: Backbone
+    eval_config: EvalConfig
+    plugin: SoftTokenSource | None = None
+    trainable_parameters: int = 0
+    labelled_train: int = 0
+    labelled_dev: int = 0
+    train_seconds: float = 0.0
+    stored_bytes: int = 0
+    """What a user keeps per task: plug-in or model files, or the prompt text."""
+    shares_backbone: bool = True
+    """Served from the one frozen backbone (False: needs its own model copy per task)."""
+    best_step: int | None = None
+
+
+class Method(Protocol):
+    name: str
+    trains: bool
+    """Whether it learns from the train split (then it gets a learning curve)."""
+
+    def unavailable(self, task: Task) -> str | None:
+        """Why this method cannot run on `task`, or None."""
+        ...
+
+    def fit(
+        self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path
+    ) -> Fitted: ...
+
+
+def _prompt_bytes(task: Task, demos: int = 0) -> int:
+    """Bytes of the prompt text a prompt-design method stores: instruction, template, demos."""
+    text = task.spec.instruction + task.spec.template
+    for ex in task.train[:demos]:
+        text += task.spec.format_input(ex) + task.spec.labels.get(ex.label, "")
+    return len(text.encode("utf-8"))
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _classification_only(task: Task) -> str | None:
+    if task.spec.kind != "classification":
+        return "trained here by rank classification over label verbalizers: classification only"
+    return None
+
+
+class ZeroShot:
+    name = "zero-shot"
+    trains = False
+
+    def unavailable(self, task: Task) -> str | None:
+        return None
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        calibrate = task.spec.kind == "classification"
+        config = EvalConfig(method="zero-shot", calibrate=calibrate, seed=seed)
+        return Fitted(backbone, config, stored_bytes=_prompt_bytes(task))
+
+
+class FewShot:
+    name = "few-shot"
+    trains = False
+
+    def unavailable(self, task: Task) -> str | None:
+        return None if task.train else "the task has no training examples for demonstrations"
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        shots = min(budget.shots, len(task.train))
+        calibrate = task.spec.kind == "classification"
+        config = EvalConfig(method="few-shot", shots=shots, calibrate=calibrate, seed=seed)
+        return Fitted(
+            backbone, config, labelled_train=shots, stored_bytes=_prompt_bytes(task, shots)
+        )
+
+
+def _train_config(budget: Budget, seed: int) -> TrainConfig:
+    return TrainConfig(
+        steps=budget.steps,
+        batch_size=budget.batch_size,
+        eval_every=budget.eval_every,
+        eval_limit=budget.dev_limit,
+        seed=seed,
+    )
+
+
+class SoftPrompt:
+    """Lester et al. 2021: frozenlm's default recipe (class-label init, Adafactor lr 0.3)."""
+
+    name = "soft-prompt"
+    trains = True
+
+    def __init__(self, config: SoftPromptConfig | None = None) -> None:
+        self.config = config or SoftPromptConfig()
+
+    def unavailable(self, task: Task) -> str | None:
+        return None
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        plugin = SoftPromptSet.from_config(self.config, backbone, [task.spec], seed)
+        meta = plugin_meta(self.name, self.config.to_json(), backbone, [task], [task.name])
+        result = train(backbone, plugin, [task], _train_config(budget, seed), work, meta=meta)
+        shutil.rmtree(work / "last", ignore_errors=True)  # resume state: not what a user keeps
+        best, _ = load_plugin(work, backbone)
+        return Fitted(
+            backbone,
+            EvalConfig(seed=seed),
+            plugin=best,  # type: ignore[arg-type]
+            trainable_parameters=plugin.num_trainable(),
+            labelled_train=len(task.train),
+            labelled_dev=min(budget.dev_limit, len(task.dev)),
+            train_seconds=result.seconds,
+            stored_bytes=folder_bytes(work / "best"),
+            best_step=result.best_step,
+        )
+
+
+class PeftPrompt:
+    """PEFT's PromptTuning with the settings of its examples (random init, AdamW lr 3e-2)."""
+
+    name = "peft-prompt"
+    trains = True
+
+    def unavailable(self, task: Task) -> str | None:
+        return _classification_only(task)
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        config = PeftPromptConfig(steps=budget.steps, batch_size=budget.batch_size, seed=seed)
+        result = train_peft_prompt(backbone, task, config)
+        meta = plugin_meta(
+            "soft-prompt", result.plugin.config.to_json(), backbone, [task], [task.name]
+        )
+        save_checkpoint(work / "best", result.plugin.tensors(), meta)
+        return Fitted(
+            backbone,
+            EvalConfig(seed=seed),
+            plugin=result.plugin,
+            trainable_parameters=sum(t.numel() for t in result.plugin.tensors().values()),
+            labelled_train=len(task.train),
+            train_seconds=result.seconds,
+            stored_bytes=folder_bytes(work / "best"),
+        )
+
+
+class _FineTuning:
+    """Shared by LoRA and full fine-tuning: train a copy with the one loop, keep its best."""
+
+    name = ""
+    trains = True
+    lr = 0.0
+
+    def copy(self, backbone: Backbone) -> tuple[Backbone, FineTuned]:
+        raise NotImplementedError
+
+    def unavailable(self, task: Task) -> str | None:
+        return None
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        torch.manual_seed(seed)
+        tuned, weights = self.copy(backbone)
+        config = replace(
+            _train_config(budget, seed), optimizer="adamw", lr=self.lr, weight_decay=0.0
+        )
+        meta = {"kind": self.name, "backbone": {"fingerprint": backbone.fingerprint}}
+        result = train(tuned, weights, [task], config, work, meta=meta)
+        shutil.rmtree(work / "last", ignore_errors=True)
+        best = load_checkpoint(work / "best").tensors
+        with torch.no_grad():
+            for name, param in weights.weights.items():
+                param.copy_(best[name.replace("__", ".")])
+        tuned.model.requires_grad_(False)
+        return Fitted(
+            tuned,
+            EvalConfig(seed=seed),
+            plugin=weights,
+            trainable_parameters=weights.num_trainable(),
+            labelled_train=len(task.train),
+            labelled_dev=min(budget.dev_limit, len(task.dev)),
+            train_seconds=result.seconds,
+            stored_bytes=folder_bytes(work / "best"),
+            shares_backbone=self.name == "lora",
+            best_step=result.best_step,
+        )
+
+
+class Lora(_FineTuning):
+    """PEFT LoRA on the attention projections (r=8), AdamW lr 1e-3."""
+
+    name = "lora"
+    lr = 1e-3
+
+    def __init__(self, settings: LoraSettings | None = None) -> None:
+        self.settings = settings or LoraSettings()
+
+    def copy(self, backbone: Backbone) -> tuple[Backbone, FineTuned]:
+        return lora_copy(backbone, self.settings)
+
+
+class FullFineTuning(_FineTuning):
+    """Every backbone weight trained on a copy, AdamW lr 5e-5."""
+
+    name = "full-ft"
+    lr = 5e-5
+
+    def copy(self, backbone: Backbone) -> tuple[Backbone, FineTuned]:
+        return full_copy(backbone)
+
+
+class NotYetBuilt:
+    """A method of the design whose issue has not landed: listed, reported as skipped."""
+
+    trains = True
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name, self.why = name, why
+
+    def unavailable(self, task: Task) -> str | None:
+        return self.why
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        raise RuntimeError(self.why)
+
+
+METHODS: dict[str, Method] = {
+    "zero-shot": ZeroShot(),
+    "few-shot": FewShot(),
+    "soft-prompt": SoftPrompt(),
+    "peft-prompt": PeftPrompt(),
+    "lora": Lora(),
+    "full-ft": FullFineTuning(),
+    "id-pt": NotYetBuilt("id-pt", "input-dependent prompt tuning is not built yet (issue 7)"),
+    "plugin": NotYetBuilt("plugin", "the SuperICL plug-in classifier is not built yet (issue 6)"),
+    "supericl": NotYetBuilt("supericl", "SuperICL is not built yet (issue 6)"),
+}

@@ -1,0 +1,311 @@
+"""`frozenlm compare`: every method on every task, same splits and seeds, one cell at a time.
+
+A cell is (task, method, labelled training examples). Each finished cell is written to
+`OUT/cells/...json` at once, so an interrupted comparison keeps its cells and the same command
+continues where it stopped. Methods that do not learn from the train split (prompt design) get
+one cell per task; the others get one per train size (the learning curves). Where a task has a
+domain-shift partner (`sentiment` <-> `tweets-binary`), the largest-size cells of the source
+are also evaluated on the partner's test split.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from frozenlm.atomic import atomic_write_json
+from frozenlm.backbone import Backbone
+from frozenlm.compare.domain import SHIFTS, load_compare_task, shifted
+from frozenlm.compare.methods import BUDGETS, METHODS, Budget, Fitted, Method, folder_bytes
+from frozenlm.errors import ConfigError
+from frozenlm.evaluate import Report, evaluate
+from frozenlm.measure import PeakMemory
+from frozenlm.tasks import Task
+
+log = logging.getLogger(__name__)
+
+SHIFT_METHODS = ("zero-shot", "few-shot", "soft-prompt", "lora", "full-ft")
+KEEP_ARTIFACT_BYTES = 50 * 2**20  # keep trained artefacts under OUT/work up to this size
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What `frozenlm compare` runs."""
+
+    tasks: tuple[str, ...] = ("sentiment",)
+    methods: tuple[str, ...] = tuple(METHODS)
+    budget: str | Budget = "quick"
+    """A budget name (quick, full) or a Budget."""
+    train_sizes: tuple[int | None, ...] | None = None
+    """Override the budget's train sizes (None entries: the whole train split)."""
+    domain_shift: bool = True
+    seed: int = 0
+
+    def resolved_budget(self) -> Budget:
+        if isinstance(self.budget, Budget):
+            budget = self.budget
+        elif self.budget in BUDGETS:
+            budget = BUDGETS[self.budget]
+        else:
+            raise ConfigError(f"unknown budget '{self.budget}'; expected quick or full")
+        if self.train_sizes is not None:
+            budget = replace(budget, train_sizes=self.train_sizes)
+        return budget
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return tuple(METHODS)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"unknown method '{unknown[0]}'; expected 'all' or some of {', '.join(METHODS)}"
+        )
+    return names
+
+
+def parse_train_sizes(text: str) -> tuple[int | None, ...]:
+    sizes: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            sizes.append(None)
+        elif part.isdigit() and int(part) > 0:
+            sizes.append(int(part))
+        else:
+            raise ConfigError(f"train size '{part}' is neither a positive number nor 'all'")
+    return tuple(sizes)
+
+
+def subsample(task: Task, size: int | None, seed: int) -> Task:
+    """The task with `size` training examples, class-balanced and seeded (all if None/larger)."""
+    if size is None or size >= len(task.train):
+        return task
+    rng = random.Random(seed)
+    by_label: dict[str, list[Any]] = {}
+    for ex in task.train:
+        by_label.setdefault(ex.label, []).append(ex)
+    for group in by_label.values():
+        rng.shuffle(group)
+    picked: list[Any] = []
+    groups = [by_label[k] for k in sorted(by_label)]
+    while len(picked) < size:
+        for group in groups:
+            if group and len(picked) < size:
+                picked.append(group.pop())
+    rng.shuffle(picked)
+    return replace(task, train=tuple(picked))
+
+
+def size_label(size: int | None) -> str:
+    return "all" if size is None else str(size)
+
+
+def _cell_path(out: Path, task: str, method: str, size: str) -> Path:
+    return out / "cells" / task / f"{method}__{size}.json"
+
+
+def _metric_json(report: Report, metric: str) -> dict[str, Any]:
+    value = report.metrics[metric]
+    data = {"metric": metric, **value.to_json(), "n": report.n}
+    if metric in report.baseline:
+        data["majority"] = report.baseline[metric].value
+    return data
+
+
+def run_cell(
+    backbone: Backbone,
+    method: Method,
+    task: Task,
+    size: int | None,
+    budget: Budget,
+    seed: int,
+    out: Path,
+    shift_target: Task | None,
+) -> dict[str, Any]:
+    """Fit `method` on `task` (train subsampled to `size`), evaluate it on test (and on the
+    domain-shift target), and return the cell's JSON."""
+    cell: dict[str, Any] = {
+        "task": task.name,
+        "method": method.name,
+        "train_size": size_label(size),
+        "split_hash": task.split_hash(),
+    }
+    reason = method.unavailable(task)
+    if reason is not None:
+        return cell | {"status": "skipped", "reason": reason}
+    work = out / "work" / task.name / f"{method.name}__{size_label(size)}"
+    shutil.rmtree(work, ignore_errors=True)  # a cell interrupted earlier starts afresh
+    work.mkdir(parents=True)
+    data = subsample(task, size, seed)
+    start = time.perf_counter()
+    with PeakMemory() as peak:
+        fitted: Fitted = method.fit(backbone, data, budget, seed, work)
+    fit_seconds = time.perf_counter() - start
+    test_config = replace(fitted.eval_config, split="test", limit=budget.test_limit)
+    report = evaluate(fitted.backbone, data, test_config, plugin=fitted.plugin)
+    metric = task.spec.metric
+    cell |= {
+        "status": "done",
+        "test": _metric_json(report, metric),
+        "costs": {
+            "trainable_parameters": fitted.trainable_parameters,
+            "labelled_train": fitted.labelled_train,
+            "labelled_dev": fitted.labelled_dev,
+            "labelled_total": fitted.labelled_train + fitted.labelled_dev,
+            "train_seconds": fitted.train_seconds,
+            "fit_seconds": fit_seconds,
+            "train_peak_mb": peak.mb,
+            "peak_exact": peak.exact,
+            "stored_bytes": fitted.stored_bytes,
+            "shares_backbone": fitted.shares_backbone,
+            "inference_examples_per_s": report.examples_per_s,
+            "mean_prompt_tokens": report.prompt_stats.get("mean_prompt_tokens"),
+        },
+        "best_step": fitted.best_step,
+        "eval_config": report.config,
+    }
+    if shift_target is not None:
+        shift_task = shifted(data, shift_target)
+        shift_config = replace(test_config, limit=budget.test_limit)
+        shift_report = evaluate(fitted.backbone, shift_task, shift_config, plugin=fitted.plugin)
+        cell["shift"] = {"target": shift_target.name, **_metric_json(shift_report, metric)}
+    keep = folder_bytes(work) <= KEEP_ARTIFACT_BYTES
+    cell["artifact"] = str(work / "best") if keep and (work / "best").exists() else None
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return cell
+
+
+def plan(config: CompareConfig) -> list[tuple[str, str, int | None, bool]]:
+    """Every cell as (task, method, train size, evaluate domain shift), in run order."""
+    budget = config.resolved_budget()
+    largest = _largest(budget.train_sizes)
+    cells: list[tuple[str, str, int | None, bool]] = []
+    tasks = list(config.tasks)
+    if config.domain_shift:
+        for source, target in SHIFTS.items():
+            if source in tasks and target not in tasks:
+                tasks.append(target)  # the reverse direction needs the partner trained too
+    for task in tasks:
+        extra = task not in config.tasks  # only for the domain-shift table
+        shift = config.domain_shift and task in SHIFTS
+        for name in config.methods:
+            if extra and name not in SHIFT_METHODS:
+                continue
+            method = METHODS[name]
+            sizes: Sequence[int | None] = budget.train_sizes if method.trains else [None]
+            if extra and method.trains:
+                sizes = [largest]
+            for size in sizes:
+                cells.append((task, name, size, shift and (size == largest or not method.trains)))
+    return cells
+
+
+def _largest(sizes: Sequence[int | None]) -> int | None:
+    return None if None in sizes else max(s for s in sizes if s is not None)
+
+
+def run_compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> list[dict[str, Any]]:
+    """Run (or continue) a comparison into `out`; returns every cell."""
+    out = Path(out)
+    budget = config.resolved_budget()
+    tasks: dict[str, Task] = {}
+    cells = plan(config)
+    for task_name, *_ in cells:
+        if task_name not in tasks:
+            tasks[task_name] = load_compare_task(task_name, seed=config.seed)
+    for name in {n for n, *_ in cells}:
+        if name in SHIFTS and SHIFTS[name] not in tasks:
+            tasks[SHIFTS[name]] = load_compare_task(SHIFTS[name], seed=config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = {
+        "budget": budget.describe(),
+        "seed": config.seed,
+        "fingerprint": backbone.fingerprint,
+    }
+    _check_same_comparison(out, identity)
+    atomic_write_json(
+        out / "config.json",
+        {
+            "identity": identity,
+            "tasks": list(config.tasks),
+            "methods": list(config.methods),
+            "budget": budget.name,
+            "budget_detail": budget.describe(),
+            "train_sizes": [size_label(s) for s in budget.train_sizes],
+            "domain_shift": config.domain_shift,
+            "seed": config.seed,
+            "backbone": {
+                "name": backbone.name,
+                "fingerprint": backbone.fingerprint,
+                "parameters": backbone.num_parameters,
+            },
+        },
+    )
+    results: list[dict[str, Any]] = []
+    bar = tqdm(cells, desc="compare", unit="cell", disable=None)
+    for task_name, method_name, size, shift in bar:
+        path = _cell_path(out, task_name, method_name, size_label(size))
+        if path.exists():
+            results.append(json.loads(path.read_text()))
+            continue
+        bar.set_postfix_str(f"{task_name} {method_name} n={size_label(size)}")
+        target = tasks[SHIFTS[task_name]] if shift else None
+        cell = run_cell(
+            backbone,
+            METHODS[method_name],
+            tasks[task_name],
+            size,
+            budget,
+            config.seed,
+            out,
+            target,
+        )
+        cell["backbone"] = backbone.name
+        atomic_write_json(path, cell)
+        results.append(cell)
+        gc.collect()
+    return results
+
+
+def _check_same_comparison(out: Path, identity: dict[str, Any]) -> None:
+    """Cells are reused only by a run with the same budget, seed and backbone weights."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text()).get("identity", {})
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ConfigError(
+            f"'{path}' is not a compare config ({err}); choose another --out"
+        ) from err
+    for key, value in identity.items():
+        if saved.get(key) != value:
+            raise ConfigError(
+                f"'{out}' holds a comparison with another {key} ({saved.get(key)} vs {value}); "
+                "choose another --out to keep both"
+            )
+
+
+def compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> Path:
+    """Run (or continue) the comparison and write its report; returns report.md's path."""
+    from frozenlm.compare.report import write_report
+
+    out = Path(out)
+    start = time.perf_counter()
+    cells = run_compare(backbone, config, out)
+    saved = json.loads((out / "config.json").read_text())
+    backbone_bytes = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
+    return write_report(out, cells, saved, backbone_bytes, time.perf_counter() - start)

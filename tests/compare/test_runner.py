@@ -1,0 +1,83 @@
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from frozenlm.backbone import Backbone
+from frozenlm.compare import Budget, CompareConfig, compare
+from frozenlm.compare.runner import parse_methods, parse_train_sizes, plan, subsample
+from frozenlm.errors import ConfigError
+from frozenlm.tasks import load_task
+
+TINY_BUDGET = Budget(
+    "test", steps=2, batch_size=2, eval_every=2, dev_limit=4, test_limit=6, train_sizes=(4, 8)
+)
+
+
+def test_subsample_is_class_balanced_and_seeded() -> None:
+    task = load_task("trec")
+    small = subsample(task, 12, seed=3)
+    assert len(small.train) == 12
+    assert set(Counter(ex.label for ex in small.train).values()) == {2}  # 6 labels x 2
+    assert subsample(task, 12, seed=3).train == small.train
+    assert subsample(task, 12, seed=4).train != small.train
+    assert subsample(task, None, seed=3) is task
+
+
+def test_the_plan_adds_the_domain_shift_partner_for_shift_methods_only() -> None:
+    config = CompareConfig(tasks=("sentiment",), methods=("zero-shot", "peft-prompt", "lora"),
+                           budget=TINY_BUDGET)  # fmt: skip
+    cells = plan(config)
+    assert ("sentiment", "lora", 4, False) in cells and ("sentiment", "lora", 8, True) in cells
+    assert ("sentiment", "zero-shot", None, True) in cells
+    partner = [c for c in cells if c[0] == "tweets-binary"]
+    assert {c[1] for c in partner} == {"zero-shot", "lora"}  # peft-prompt is not in the table
+    assert ("tweets-binary", "lora", 8, True) in partner
+    assert not any(c[0] == "tweets-binary" for c in plan(
+        CompareConfig(tasks=("sentiment",), budget=TINY_BUDGET, domain_shift=False)))  # fmt: skip
+
+
+def test_bad_method_and_size_lists_are_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown method 'bert'"):
+        parse_methods("zero-shot,bert")
+    with pytest.raises(ConfigError, match="train size 'ten'"):
+        parse_train_sizes("16,ten")
+    assert parse_train_sizes("16, all") == (16, None)
+
+
+def test_compare_runs_every_method_and_continues_after_an_interruption(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    config = CompareConfig(tasks=("sentiment",), methods=tuple(parse_methods("all")),
+                           budget=TINY_BUDGET, domain_shift=False)  # fmt: skip
+    report = compare(tiny, config, out)
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    done = {(c["method"], c["train_size"]) for c in cells if c["status"] == "done"}
+    assert ("zero-shot", "all") in done and ("few-shot", "all") in done
+    for method in ("soft-prompt", "peft-prompt", "lora", "full-ft"):
+        assert {(method, "4"), (method, "8")} <= done
+    skipped = {c["method"]: c["reason"] for c in cells if c["status"] == "skipped"}
+    assert set(skipped) == {"id-pt", "plugin", "supericl"} and all(skipped.values())
+    by = {(c["method"], c["train_size"]): c for c in cells}
+    assert by[("soft-prompt", "8")]["costs"]["trainable_parameters"] == 20 * tiny.hidden_size
+    assert by[("full-ft", "8")]["costs"]["trainable_parameters"] == tiny.num_parameters
+    assert not by[("full-ft", "8")]["costs"]["shares_backbone"]
+    assert by[("soft-prompt", "4")]["costs"]["labelled_train"] == 4
+    text = report.read_text()
+    assert "## Quality" in text and "skipped: SuperICL is not built yet" in text
+    for png in ("quality_vs_parameters", "quality_vs_time", "learning_curves", "serving_memory"):
+        assert (out / f"{png}.png").stat().st_size > 10_000
+
+    # An interrupted run: one cell lost. The same command recomputes only that cell.
+    lost = out / "cells" / "sentiment" / "lora__4.json"
+    lost.unlink()
+    kept = out / "cells" / "sentiment" / "full-ft__8.json"
+    before = kept.stat().st_mtime_ns
+    compare(tiny, config, out)
+    assert lost.exists() and kept.stat().st_mtime_ns == before
+
+    other = CompareConfig(tasks=("sentiment",), budget=TINY_BUDGET, seed=1)
+    with pytest.raises(ConfigError, match="another seed"):
+        compare(tiny, other, out)
