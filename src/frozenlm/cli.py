@@ -183,6 +183,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from frozenlm.backbone import resolve_backbone
+    from frozenlm.compare.runner import (
+        CompareConfig,
+        compare,
+        parse_methods,
+        parse_train_sizes,
+    )
+
+    config = CompareConfig(
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+        methods=parse_methods(args.methods),
+        budget=args.budget,
+        train_sizes=parse_train_sizes(args.train_sizes) if args.train_sizes else None,
+        domain_shift=not args.no_domain_shift,
+        seed=args.seed,
+    )
+    backbone = resolve_backbone(args.backbone)
+    report = compare(backbone, config, args.out)
+    text = report.read_text()
+    print(text.split("## Costs", 1)[0].rstrip())
+    print(f"\nfull report: {report} (plots and results.json beside it)")
+    return 0
+
+
 def _cmd_export_peft(args: argparse.Namespace) -> int:
     from frozenlm.backbone import resolve_backbone
     from frozenlm.plugins.registry import export_peft_plugin
@@ -273,6 +298,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUT/last")
     _add_backbone(tr)
     tr.set_defaults(func=_cmd_train)
+
+    cp = sub.add_parser(
+        "compare",
+        help="the main job: every method on every task, quality and cost side by side",
+        description="Run prompt design, soft prompts, PEFT prompt tuning, LoRA and full "
+        "fine-tuning on the same splits and seeds; write report.md, results.json and plots to "
+        "OUT. Finished cells are kept: the same command continues an interrupted run.",
+    )
+    cp.add_argument("--tasks", default="sentiment", help="task names or files, comma-separated")
+    cp.add_argument("--methods", default="all", help="'all' or a comma-separated list")
+    cp.add_argument(
+        "--budget",
+        choices=["quick", "full"],
+        default="quick",
+        help="quick: minutes, subsampled test sets; full: the published recipe's 150 steps",
+    )
+    cp.add_argument(
+        "--train-sizes", help="labelled training examples for the learning curves, e.g. 16,64,all"
+    )
+    cp.add_argument(
+        "--no-domain-shift",
+        action="store_true",
+        help="skip the sentiment <-> tweets domain-shift table",
+    )
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--out", required=True, help="output folder (cells, report, plots)")
+    _add_backbone(cp)
+    cp.set_defaults(func=_cmd_compare)
 
     ex = sub.add_parser("export-peft", help="write a trained soft prompt as a PEFT adapter")
     ex.add_argument("plugin_dir", metavar="DIR", help="a soft-prompt folder from frozenlm train")
