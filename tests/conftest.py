@@ -24,3 +24,9 @@ def tiny() -> Backbone:
 def embedded() -> Backbone:
     """The real embedded SmolLM2-135M-Instruct (use in tests marked slow)."""
     return Backbone.load()
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run records of CLI calls in tests go to a temporary folder, never into ./runs."""
+    monkeypatch.setenv("FROZENLM_RUNS", str(tmp_path_factory.mktemp("records")))

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from frozenlm.errors import ConfigError, FrozenLMError
 
 log = logging.getLogger("frozenlm")
+
+# Top-level options: not part of a run's command, left out of its record.
+_TOP_LEVEL = {"-v": 0, "--verbose": 0, "--no-record": 0, "--runs-dir": 1, "--replay-of": 1}
+_NOT_OPTIONS = {"func", "argv", "command", "verbose", "no_record", "runs_dir", "replay_of"}
 
 
 def _add_backbone(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +38,49 @@ def _report(headline: str, data: Any, out: str | None) -> int:
         atomic_write_json(out, data)
         print(f"wrote {out}")
     return 0
+
+
+def _record(
+    args: argparse.Namespace,
+    kind: str,
+    backbone: Any,
+    tasks: Any,
+    metrics: dict[str, Any],
+    costs: dict[str, Any],
+    outputs: list[str],
+) -> None:
+    """Write the run record of a finished command (unless --no-record) and print its path."""
+    from frozenlm.records import write_record
+
+    if args.no_record:
+        return
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
+    path = write_record(
+        kind,
+        args.argv,
+        backbone=backbone,
+        tasks=tasks,
+        config=options,
+        metrics=metrics,
+        costs=costs,
+        outputs=outputs,
+        replay_of=args.replay_of,
+        runs=args.runs_dir,
+    )
+    print(f"record: {path}")
+
+
+def _record_eval(
+    args: argparse.Namespace, backbone: Any, tasks: list[Any], reports: list[dict[str, Any]]
+) -> None:
+    from frozenlm.records import report_metrics
+
+    costs = {
+        "seconds": sum(r.get("seconds", 0.0) for r in reports),
+        "examples": sum(r.get("n", 0) for r in reports),
+    }
+    outputs = [args.out] if args.out else []
+    _record(args, "eval", backbone, tasks, report_metrics(reports), costs, outputs)
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
@@ -82,7 +132,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     task = load_task(args.task, seed=args.seed)
     backbone = resolve_backbone(args.backbone)
     report = evaluate(backbone, task, config)
-    return _report(report.headline(), report.to_json(), args.out)
+    _report(report.headline(), report.to_json(), args.out)
+    _record_eval(args, backbone, [task], [report.to_json()])
+    return 0
 
 
 def _eval_plugin(args: argparse.Namespace) -> int:
@@ -101,6 +153,7 @@ def _eval_plugin(args: argparse.Namespace) -> int:
     names = args.task.split(",") if args.task else list(sources)
     train_config = checkpoint.meta.get("train_config", {})
     reports = []
+    tasks = []
     for name in names:
         if name not in sources:
             raise ConfigError(
@@ -116,10 +169,13 @@ def _eval_plugin(args: argparse.Namespace) -> int:
         task = load_task(sources[name], seed=train_config.get("seed", 0))
         report = evaluate(backbone, task, config, plugin=plugin)  # type: ignore[arg-type]
         reports.append(report)
+        tasks.append(task)
     data = (
         reports[0].to_json() if len(reports) == 1 else {"reports": [r.to_json() for r in reports]}
     )
-    return _report("\n".join(r.headline() for r in reports), data, args.out)
+    _report("\n".join(r.headline() for r in reports), data, args.out)
+    _record_eval(args, backbone, tasks, [r.to_json() for r in reports])
+    return 0
 
 
 def _eval_ensemble(args: argparse.Namespace, backbone: Any) -> int:
@@ -142,8 +198,11 @@ def _eval_ensemble(args: argparse.Namespace, backbone: Any) -> int:
         source = checkpoint.meta["task_sources"][args.task]
         chat = checkpoint.meta.get("train_config", {}).get("chat_template", True)
     config = EvalConfig(split=args.split, limit=args.limit, chat_template=chat, seed=args.seed)
-    report = evaluate_ensemble(backbone, load_task(source), prompts, config, names=folders)
-    return _report(report.headline(), report.to_json(), args.out)
+    task = load_task(source)
+    report = evaluate_ensemble(backbone, task, prompts, config, names=folders)
+    _report(report.headline(), report.to_json(), args.out)
+    _record_eval(args, backbone, [task], [report.to_json()])
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -180,7 +239,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"({result.steps_done} steps{', stopped early' if result.stopped_early else ''}, "
         f"{result.seconds:.0f} s); best checkpoint in {args.out}/best"
     )
+    _record_train(args, backbone, result)
     return 0
+
+
+def _record_train(args: argparse.Namespace, backbone: Any, result: Any) -> None:
+    """The train record, from the best checkpoint's plugin.json (split hashes, dev metrics per
+    task, tensor shapes)."""
+    from frozenlm.checkpoint import PLUGIN_JSON, read_json_object
+
+    best = read_json_object(Path(args.out) / "best" / PLUGIN_JSON, "the best checkpoint")
+    per_task = best.get("metrics", {}).get("dev_per_task", {})
+    metrics = {
+        name: {f"dev_{spec.get('metric', 'metric')}": per_task.get(name)}
+        for name, spec in best["tasks"].items()
+    }
+    trainable = sum(math.prod(t["shape"]) for t in best["tensors"].values())
+    costs = {
+        "seconds": result.seconds,
+        "steps": result.steps_done,
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "trainable_parameters": trainable,
+    }
+    _record(args, "train", backbone, best["split_hashes"], metrics, costs, [args.out])
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -201,10 +283,62 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     backbone = resolve_backbone(args.backbone)
+    start = time.perf_counter()
     report = compare(backbone, config, args.out)
     text = report.read_text()
     print(text.split("## Costs", 1)[0].rstrip())
     print(f"\nfull report: {report} (plots and results.json beside it)")
+    results = json.loads((report.parent / "results.json").read_text())
+    done = [c for c in results["cells"] if c["status"] == "done"]
+    metrics = {
+        f"{c['task']}/{c['method']}/n={c['train_size']}": {c["test"]["metric"]: c["test"]}
+        for c in done
+    }
+    hashes = {c["task"]: c["split_hash"] for c in results["cells"]}
+    costs = {"seconds": time.perf_counter() - start, "cells": len(results["cells"])}
+    _record(args, "compare", backbone, hashes, metrics, costs, [args.out])
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from frozenlm.records import list_records
+
+    records = list_records(args.runs_dir, kind=args.kind)
+    if args.json:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+        return 0
+    if not records:
+        print("no run records yet (train, eval and compare write them)")
+        return 0
+    header = f"{'id':<29} {'kind':<7} {'backbone':<28} {'headline':<24} experiment"
+    print(header)
+    print("-" * len(header))
+    for r in records:
+        print(f"{r.id:<29} {r.kind:<7} {r.backbone['name']:<28} {r.headline():<24} {r.experiment}")
+    return 0
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    from frozenlm.records import load_record, replay_argv
+
+    record = load_record(args.record, args.runs_dir)
+    argv = replay_argv(record, args.backbone)
+    top = ["--replay-of", record.replay_of or record.id]
+    if args.runs_dir is not None:
+        top += ["--runs-dir", args.runs_dir]
+    if args.no_record:
+        top.append("--no-record")
+    print(f"replaying {record.id}: frozenlm {' '.join(argv)}")
+    return main([*top, *argv])
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    from frozenlm.records import experiment_records
+    from frozenlm.scale import write_scale
+
+    records = experiment_records(args.records, args.runs_dir)
+    print(write_scale(records, args.out).rstrip())
+    print(f"\nwrote {args.out}/scale.md and {args.out}/scale.png")
     return 0
 
 
@@ -232,8 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frozenlm",
         description="Get the most out of one frozen language model, with measured numbers.",
+        allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--runs-dir",
+        metavar="DIR",
+        default=None,
+        help="where run records are written and read (default: $FROZENLM_RUNS or runs/records)",
+    )
+    parser.add_argument(
+        "--no-record", action="store_true", help="do not write a run record for this run"
+    )
+    parser.add_argument("--replay-of", default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tasks = sub.add_parser("tasks", help="list the built-in tasks with their split sizes")
@@ -340,12 +485,55 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--task", required=True, help="the task the prompt is for (name or file)")
     _add_backbone(im)
     im.set_defaults(func=_cmd_import_peft)
+
+    rs = sub.add_parser("runs", help="list the run records (train, eval, compare)")
+    rs.add_argument("--kind", choices=["train", "eval", "compare"], help="only this kind")
+    rs.add_argument("--json", action="store_true", help="print the records as JSON")
+    rs.set_defaults(func=_cmd_runs)
+
+    rr = sub.add_parser(
+        "rerun",
+        help="replay a recorded run on another backbone",
+        description="Run a record's command again with --backbone replaced; every --out gets "
+        "the new backbone's name in it, so the original's output is kept.",
+    )
+    rr.add_argument("record", metavar="RECORD", help="a record id (see frozenlm runs) or file")
+    rr.add_argument("--backbone", required=True, help="default, tiny or a model folder")
+    rr.set_defaults(func=_cmd_rerun)
+
+    sc = sub.add_parser(
+        "scale",
+        help="one experiment across backbones: a table and a plot against model size",
+        description="Table and plot of the same experiment's records on several backbones. "
+        "With one RECORD, its replays (frozenlm rerun) are included.",
+    )
+    sc.add_argument("records", metavar="RECORD", nargs="+", help="record ids or files")
+    sc.add_argument("--out", default="runs/scale", help="folder for scale.md and scale.png")
+    sc.set_defaults(func=_cmd_scale)
+    # A recorded command must mean the same later, when new options could make abbreviations
+    # ambiguous: options are spelled out in full.
+    for command_parser in sub.choices.values():
+        command_parser.allow_abbrev = False
     return parser
+
+
+def _command_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` from the subcommand on: top-level options (`_TOP_LEVEL`) left out."""
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        option = tokens[i].partition("=")[0]
+        if option not in _TOP_LEVEL:
+            break
+        i += 1 if "=" in tokens[i] else 1 + _TOP_LEVEL[option]
+    return tokens[i:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = _command_argv(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

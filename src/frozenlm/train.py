@@ -71,6 +71,8 @@ class TrainConfig:
     """Seed of initialisation and data order."""
     chat_template: bool = True
     """Render each input with the backbone's chat template around it, as zero-shot prompting."""
+    save_last: bool = True
+    """Save the resumable state (`last/`: weights, optimizer, RNG) at every dev evaluation."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_every"):
@@ -320,7 +322,8 @@ def train(
             else:
                 state["bad"] += 1
             stopped = config.patience > 0 and state["bad"] >= config.patience
-            save_last()
+            if config.save_last:
+                save_last()
             bar.set_postfix(loss=f"{total:.3f}", dev=f"{metric:.3f}", best=f"{state['best']:.3f}")
     bar.close()
     return TrainResult(

@@ -9,7 +9,6 @@ task). `METHODS` is the one registry `compare` reads; a method that cannot run o
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -152,6 +151,7 @@ def _train_config(budget: Budget, seed: int) -> TrainConfig:
         eval_every=budget.eval_every,
         eval_limit=budget.dev_limit,
         seed=seed,
+        save_last=False,  # compare resumes cell by cell, not step by step
     )
 
 
@@ -171,7 +171,6 @@ class SoftPrompt:
         plugin = SoftPromptSet.from_config(self.config, backbone, [task.spec], seed)
         meta = plugin_meta(self.name, self.config.to_json(), backbone, [task], [task.name])
         result = train(backbone, plugin, [task], _train_config(budget, seed), work, meta=meta)
-        shutil.rmtree(work / "last", ignore_errors=True)  # resume state: not what a user keeps
         best, _ = load_plugin(work, backbone)
         return Fitted(
             backbone,
@@ -234,7 +233,6 @@ class _FineTuning:
         )
         meta = {"kind": self.name, "backbone": {"fingerprint": backbone.fingerprint}}
         result = train(tuned, weights, [task], config, work, meta=meta)
-        shutil.rmtree(work / "last", ignore_errors=True)
         best = load_checkpoint(work / "best").tensors
         with torch.no_grad():
             for name, param in weights.weights.items():
