@@ -58,7 +58,7 @@ class Budget:
 
 
 BUDGETS = {
-    "quick": Budget("quick", steps=16, batch_size=4, eval_every=16, dev_limit=40,
+    "quick": Budget("quick", steps=20, batch_size=4, eval_every=10, dev_limit=40,
                     test_limit=100, train_sizes=(16, 128)),
     "full": Budget("full", steps=150, batch_size=8, eval_every=25, dev_limit=200,
                    test_limit=400, train_sizes=(16, 64, 256, None)),
@@ -107,12 +107,6 @@ def _prompt_bytes(task: Task, demos: int = 0) -> int:
 
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def _classification_only(task: Task) -> str | None:
-    if task.spec.kind != "classification":
-        return "trained here by rank classification over label verbalizers: classification only"
-    return None
 
 
 class ZeroShot:
@@ -192,7 +186,7 @@ class PeftPrompt:
     trains = True
 
     def unavailable(self, task: Task) -> str | None:
-        return _classification_only(task)
+        return None
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
         config = PeftPromptConfig(steps=budget.steps, batch_size=budget.batch_size, seed=seed)
