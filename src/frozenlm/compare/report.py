@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from frozenlm.atomic import atomic_write_bytes, atomic_write_json
+from frozenlm.compare.methods import METHODS
 
 PLOTS = {
     "quality_vs_parameters": "quality_vs_parameters.png",
@@ -32,15 +33,21 @@ def _done(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in cells if c.get("status") == "done"]
 
 
+def _in_registry_order(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells ordered by method as the registry lists them (prompt design first)."""
+    order = {name: i for i, name in enumerate(METHODS)}
+    return sorted(cells, key=lambda c: order.get(c["method"], len(order)))
+
+
 def _size_key(cell: dict[str, Any]) -> float:
     size = cell["train_size"]
     return float("inf") if size == "all" else float(size)
 
 
 def headline_cells(cells: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The cell with the most training data per (task, method)."""
+    """The cell with the most training data per (task, method), in registry order."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
-    for cell in _done(cells):
+    for cell in _in_registry_order(_done(cells)):
         key = (cell["task"], cell["method"])
         if key not in best or _size_key(cell) > _size_key(best[key]):
             best[key] = cell
@@ -70,7 +77,7 @@ def serving_bytes(cell: dict[str, Any], backbone_bytes: int, tasks: int) -> int:
 
 def quality_table(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[str]:
     heads = headline_cells(cells)
-    methods = list(dict.fromkeys(c["method"] for c in cells))
+    methods = list(dict.fromkeys(c["method"] for c in _in_registry_order(cells)))
     lines = [
         "| method | " + " | ".join(tasks) + " |",
         "|---|" + "---|" * len(tasks),
@@ -128,7 +135,7 @@ def curve_table(cells: Sequence[dict[str, Any]]) -> list[str]:
     sizes = sorted(
         {c["train_size"] for c in _done(cells)}, key=lambda s: _size_key({"train_size": s})
     )
-    trained = [c for c in _done(cells) if c["method"] not in PROMPT_DESIGN]
+    trained = [c for c in _in_registry_order(_done(cells)) if c["method"] not in PROMPT_DESIGN]
     if not trained:
         return ["(no trained method ran)"]
     lines = [
@@ -282,13 +289,13 @@ def _plot_quality_vs(
             ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         if key == "trainable_parameters":
             ax.set_xscale("log")
-        else:
-            ax.set_xscale("symlog", linthresh=1.0)
         majority = next(
             (c["test"].get("majority") for (t, _), c in heads.items() if t == task), None
         )
         if majority is not None:
-            ax.axhline(majority, color="grey", linestyle=":", label="majority class")
+            ax.axhline(majority, color="grey", linestyle=":")
+            ax.annotate("majority class", (0.99, majority), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=8, color="grey")  # fmt: skip
         ax.set_title(task)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test " + next((c["test"]["metric"] for c in cells if c.get("test")), ""))
@@ -316,7 +323,9 @@ def _plot_learning_curves(
             ys = [c["test"]["value"] for c in curve]
             ax.plot(xs, ys, marker="o", label=method)
         ax.set_xscale("log")
-        ticks = sorted({max(c["costs"]["labelled_train"], 1) for c in done})
+        ticks = sorted(
+            {max(c["costs"]["labelled_train"], 1) for c in done if c["method"] != "zero-shot"}
+        )
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_title(task)
@@ -372,7 +381,7 @@ def write_report(
         cells,
         main_tasks,
         "train_seconds",
-        "training seconds (symlog)",
+        "training seconds",
         out / PLOTS["quality_vs_time"],
     )
     _plot_learning_curves(cells, main_tasks, out / PLOTS["learning_curves"])
