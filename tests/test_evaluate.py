@@ -6,7 +6,14 @@ import torch
 
 from frozenlm.backbone import Backbone
 from frozenlm.errors import ConfigError, DataError
-from frozenlm.evaluate import CONTENT_FREE, EvalConfig, evaluate
+from frozenlm.evaluate import (
+    CONTENT_FREE,
+    EvalConfig,
+    common_prefix_length,
+    evaluate,
+    label_candidates,
+    score_prompts,
+)
 from frozenlm.metrics import exact_match, token_f1
 from frozenlm.prompting import Prompter
 from frozenlm.scoring import ScoreRequest, score_batch
@@ -100,3 +107,26 @@ def test_embedded_model_beats_chance_on_trec_with_calibration(
 def test_chain_of_thought_is_named_in_the_method(tiny: Backbone) -> None:
     config = EvalConfig(limit=2, chain_of_thought=True, max_new_tokens=4)
     assert evaluate(tiny, load_task("trivia"), config).method == "zero-shot-cot"
+
+
+def test_common_prefix_leaves_every_row_a_token() -> None:
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2, 3]]) == 0
+    assert common_prefix_length([[7, 2], [1, 2]]) == 0
+
+
+def test_the_shared_text_prefix_is_computed_once_with_equal_scores(
+    tiny: Backbone, trec: Task
+) -> None:
+    config = EvalConfig(method="few-shot", shots=3, limit=10)
+    prompter = Prompter(
+        trec.spec, tiny.tokenizer, config.prompt_config(), max_tokens=2048, answer_tokens=8
+    )
+    demos = list(trec.train[:3])
+    prompts = [prompter.render(ex, demos) for ex in trec.test[:10]]
+    assert common_prefix_length([p.ids for p in prompts]) > 50  # template + demonstrations
+    candidates = label_candidates(trec, prompter)
+    shared = score_prompts(tiny, prompts, candidates, config, "shared")
+    alone = score_prompts(tiny, prompts, candidates, config, "alone", share_text=False)
+    torch.testing.assert_close(shared, alone, atol=1e-4, rtol=0)

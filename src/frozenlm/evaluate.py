@@ -39,8 +39,10 @@ from frozenlm.tasks import Example, Task
 log = logging.getLogger(__name__)
 
 PROMPT_METHODS = ("zero-shot", "few-shot")
-# A plug-in's contribution to a batch: per-row soft tokens, or one cached prefix for all rows.
-Plugged = tuple[Sequence[torch.Tensor] | None, PrefixCache | None]
+# A plug-in's contribution to a batch: per-row soft tokens, or pieces every row starts with (an
+# input-independent soft prompt), whose keys and values are then computed once.
+Plugged = tuple[Sequence[torch.Tensor] | None, Sequence[Piece] | None]
+MIN_SHARED_TOKENS = 8  # a common text prefix shorter than this is not worth a separate forward
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, contextual calibration
 
 
@@ -148,21 +150,42 @@ def label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
     return ids
 
 
-def _prefixes(
-    prompts: Sequence[RenderedPrompt], soft: Sequence[torch.Tensor] | None
-) -> list[list[Piece]]:
-    """Each prompt's pieces: its soft tokens (if a plug-in gave any), then its token ids."""
-    if soft is None:
-        return [[p.ids] for p in prompts]
-    return [[s, p.ids] for s, p in zip(soft, prompts, strict=True)]
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    if len(rows) < 2:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(limit, 0)):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return max(limit, 0)
 
 
-def _prefix_lengths(
-    prompts: Sequence[RenderedPrompt], soft: Sequence[torch.Tensor] | None
-) -> list[int]:
+def _shared_prefix(
+    backbone: Backbone,
+    prompts: Sequence[RenderedPrompt],
+    soft: Sequence[torch.Tensor] | None,
+    shared: Sequence[Piece] | None,
+    share_text: bool = True,
+) -> tuple[list[list[Piece]], list[int], PrefixCache | None]:
+    """Each row's own pieces, their lengths, and the KV cache of what all rows start with.
+
+    Rows start with the shared pieces (an input-independent soft prompt) and then, when no
+    per-row soft tokens come first, with the text all prompts have in common (chat template,
+    instruction, fixed demonstrations): both are computed once, not once per row.
+    """
+    ids = [p.ids for p in prompts]
+    common = common_prefix_length(ids) if share_text and soft is None else 0
+    if common < MIN_SHARED_TOKENS:
+        common = 0
+    pieces: list[Piece] = [*(shared or []), *([ids[0][:common]] if common else [])]
+    cache = PrefixCache.compute(backbone, pieces) if pieces else None
+    own = [row[common:] for row in ids]
     if soft is None:
-        return [len(p.ids) for p in prompts]
-    return [len(p.ids) + int(s.shape[0]) for s, p in zip(soft, prompts, strict=True)]
+        return [[row] for row in own], [len(row) for row in own], cache
+    prefixes: list[list[Piece]] = [[s, row] for s, row in zip(soft, own, strict=True)]
+    return prefixes, [len(row) + int(s.shape[0]) for s, row in zip(soft, own, strict=True)], cache
 
 
 def score_prompts(
@@ -172,18 +195,24 @@ def score_prompts(
     config: EvalConfig,
     desc: str,
     soft: Sequence[torch.Tensor] | None = None,
-    shared: PrefixCache | None = None,
+    shared: Sequence[Piece] | None = None,
+    share_text: bool = True,
 ) -> torch.Tensor:
-    """Log-probability scores [N, K] of every label for every prompt."""
+    """Log-probability scores [N, K] of every label for every prompt.
+
+    `soft`: per-row soft tokens before each prompt; `shared`: pieces before every prompt (an
+    input-independent soft prompt). What all rows start with is computed once (`share_text`:
+    including the text all prompts have in common).
+    """
     out = torch.zeros(len(prompts), len(candidates))
     longest = max(len(c) for c in candidates)
-    lengths = [n + longest for n in _prefix_lengths(prompts, soft)]
-    prefixes = _prefixes(prompts, soft)
+    prefixes, own, cache = _shared_prefix(backbone, prompts, soft, shared, share_text)
+    lengths = [n + longest for n in own]
     batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
     with tqdm(total=len(prompts), desc=desc, unit="ex", disable=None, leave=False) as bar:
         for batch in batches:
             requests = [ScoreRequest(prefixes[i], candidates) for i in batch]
-            for i, scores in zip(batch, score_batch(backbone, requests, shared), strict=True):
+            for i, scores in zip(batch, score_batch(backbone, requests, cache), strict=True):
                 out[i] = scores.normalized() if config.length_normalize else scores.logprobs
             bar.update(len(batch))
     return out
@@ -265,8 +294,8 @@ def evaluate(
         with torch.no_grad():
             soft = [t.detach() for t in plugin.soft_tokens(task.name, examples)]
         if getattr(plugin, "input_independent", False):
-            # The same soft prompt for every row: compute its keys and values once.
-            shared, soft = PrefixCache.compute(backbone, [soft[0]]), None
+            # The same soft prompt for every row: its keys and values are computed once.
+            shared, soft = [soft[0]], None
 
     report = Report(
         task=task.name,
@@ -367,14 +396,14 @@ def _finish_generation(
     stop = ("\n\n",) if config.chain_of_thought else ("\n",)
     gen_config = GenerationConfig(max_new_tokens=max_new, stop=stop)
     outputs: list[str] = [""] * len(prompts)
-    prefixes = _prefixes(prompts, soft)
-    lengths = [n + max_new for n in _prefix_lengths(prompts, soft)]
+    prefixes, own, cache = _shared_prefix(backbone, prompts, soft, shared)
+    lengths = [n + max_new for n in own]
     batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
     with tqdm(
         total=len(prompts), desc=f"{report.task} generate", unit="ex", disable=None, leave=False
     ) as bar:
         for batch in batches:
-            texts = generate(backbone, [prefixes[i] for i in batch], gen_config, shared)
+            texts = generate(backbone, [prefixes[i] for i in batch], gen_config, cache)
             for i, text in zip(batch, texts, strict=True):
                 outputs[i] = text
             bar.update(len(batch))
