@@ -16,7 +16,7 @@ def test_quick_start_is_exactly_two_commands() -> None:
     commands = _quick_start_commands()
     assert len(commands) == 2
     assert all("\n" not in c for c in commands)
-    assert "frozenlm " in commands[0] and "pytest" in commands[1]
+    assert "frozenlm compare " in commands[0] and "pytest" in commands[1]
     assert all(c.startswith("pip install torch==2.13.0 && ") for c in commands)
 
 

@@ -17,7 +17,8 @@ from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.splice import splice
 from frozenlm.tasks import load_task
-from frozenlm.train import DataOrder, TrainConfig, target_loss, train, train_plugin
+from frozenlm.splice import pack
+from frozenlm.train import DataOrder, TrainConfig, batch_loss, target_loss, train, train_plugin
 
 
 def _task_file(folder: Path, n: int = 48) -> Path:
@@ -50,6 +51,24 @@ def test_target_loss_equals_full_logits_cross_entropy(tiny: Backbone) -> None:
         logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1)
     )  # type: ignore[index]
     torch.testing.assert_close(ours, reference)
+
+
+def test_a_shared_prompt_and_text_run_once_with_the_same_loss_and_gradients(tiny: Backbone) -> None:
+    torch.manual_seed(0)
+    prompt = torch.randn(4, tiny.hidden_size, requires_grad=True)
+    prefixes = [[5, 6, 7, 8, 9], [5, 6, 7, 10], [5, 6, 7, 11, 12, 13]]  # share 5, 6, 7
+    targets = [[20], [21, 22], [23]]
+    shared = batch_loss(tiny, [prompt] * 3, prefixes, targets)
+    (grad_shared,) = torch.autograd.grad(shared, prompt)
+
+    rows = [[prompt, p] for p in prefixes]
+    packed = pack(tiny, rows, targets)
+    hidden = tiny.forward(packed.embeds, None, packed.position_ids)
+    plain = target_loss(tiny, hidden, packed.labels)
+    (grad_plain,) = torch.autograd.grad(plain, prompt)
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_shared, grad_plain, atol=1e-5, rtol=1e-4)
+    assert grad_plain.abs().sum() > 0
 
 
 def test_data_order_is_a_seeded_permutation_per_epoch() -> None:

@@ -30,7 +30,7 @@ from frozenlm.metrics import (
     token_f1,
 )
 from frozenlm.plugins import SoftTokenSource
-from frozenlm.prefix_cache import PrefixCache
+from frozenlm.prefix_cache import PrefixCache, common_prefix_length
 from frozenlm.prompting import PromptConfig, Prompter, RenderedPrompt
 from frozenlm.scoring import ScoreRequest, score_batch, token_budget_batches
 from frozenlm.splice import Piece
@@ -148,18 +148,6 @@ def label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
             )
         seen[tuple(tokens)] = label
     return ids
-
-
-def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own."""
-    if len(rows) < 2:
-        return 0
-    limit = min(len(r) for r in rows) - 1
-    first = rows[0]
-    for i in range(max(limit, 0)):
-        if any(r[i] != first[i] for r in rows):
-            return i
-    return max(limit, 0)
 
 
 def _shared_prefix(

@@ -29,11 +29,15 @@ class PrefixCache:
     length: int
 
     @classmethod
-    @torch.no_grad()
-    def compute(cls, backbone: Backbone, pieces: Sequence[Piece]) -> PrefixCache:
+    def compute(
+        cls, backbone: Backbone, pieces: Sequence[Piece], *, grad: bool = False
+    ) -> PrefixCache:
+        """Run the prefix once. With `grad`, its keys and values stay in the autograd graph, so a
+        loss on rows continuing after it reaches the soft tokens in it (training)."""
         batch = splice(backbone, [pieces])
         cache = backbone.new_cache()
-        backbone.forward(batch.embeds, batch.attention_mask, batch.position_ids, cache)
+        with torch.set_grad_enabled(grad):
+            backbone.forward(batch.embeds, batch.attention_mask, batch.position_ids, cache)
         layers: list[Any] = list(cache.layers)  # attention layers with .keys/.values [1, H, P, d]
         keys = tuple(layer.keys for layer in layers)
         values = tuple(layer.values for layer in layers)
@@ -58,3 +62,15 @@ class PrefixCache:
             batch.lengths + self.length,
             batch.labels,
         )
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    if len(rows) < 2:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(limit, 0)):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return max(limit, 0)

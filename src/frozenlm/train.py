@@ -38,8 +38,9 @@ from frozenlm.checkpoint import (
 from frozenlm.errors import ConfigError
 from frozenlm.evaluate import EvalConfig, evaluate
 from frozenlm.plugins import SoftTokenSource
+from frozenlm.prefix_cache import PrefixCache, common_prefix_length
 from frozenlm.prompting import PromptConfig, Prompter
-from frozenlm.splice import IGNORE_INDEX, pack
+from frozenlm.splice import IGNORE_INDEX, pack, splice
 from frozenlm.tasks import Example, Task
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,35 @@ def target_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) 
     where = targets != IGNORE_INDEX
     logits = backbone.lm_logits(hidden[:, :-1][where])  # [N, V], N = target tokens
     return F.cross_entropy(logits, targets[where])
+
+
+def batch_loss(
+    backbone: Backbone,
+    soft: Sequence[torch.Tensor],
+    prefixes: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Mean target-token loss of rows `soft[b] + prefixes[b] + targets[b]`, computed cheaply.
+
+    When every row starts with the same soft tokens (one task's input-independent prompt, or
+    none), that prompt and the text all rows share (chat template, instruction) are run once and
+    their keys and values reused by every row, with gradients flowing back through them; only
+    each row's own tokens are computed per row. Otherwise the rows are packed without padding.
+    Either way the loss equals that of the plain padded batch.
+    """
+    common = common_prefix_length(prefixes)
+    same = len(soft) > 1 and all(s is soft[0] for s in soft)
+    if same and int(soft[0].shape[0]) + common > 0:
+        shared = PrefixCache.compute(backbone, [soft[0], list(prefixes[0][:common])], grad=True)
+        rows = splice(backbone, [[list(p[common:])] for p in prefixes], targets)
+        rows = shared.after(rows)
+        cache = shared.expand(backbone, len(prefixes))
+        hidden = backbone.forward(rows.embeds, rows.attention_mask, rows.position_ids, cache)
+        assert rows.labels is not None
+        return target_loss(backbone, hidden, rows.labels)
+    packed = pack(backbone, [[s, p] for s, p in zip(soft, prefixes, strict=True)], targets)
+    hidden = backbone.forward(packed.embeds, None, packed.position_ids)
+    return target_loss(backbone, hidden, packed.labels)
 
 
 def row_soft_tokens(plugin: SoftTokenSource, rows: Sequence[Row]) -> list[torch.Tensor]:
@@ -286,14 +316,8 @@ def train(
             first = (step * config.grad_accum + micro) * config.batch_size
             batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
             soft = row_soft_tokens(source, batch)
-            # Packed: the rows end to end, so no compute goes to padding.
-            packed = pack(
-                backbone,
-                [[s, r.prefix] for s, r in zip(soft, batch, strict=True)],
-                targets=[r.target for r in batch],
-            )
-            hidden = backbone.forward(packed.embeds, None, packed.position_ids)
-            loss = target_loss(backbone, hidden, packed.labels) / config.grad_accum
+            prefixes, targets = [r.prefix for r in batch], [r.target for r in batch]
+            loss = batch_loss(backbone, soft, prefixes, targets) / config.grad_accum
             loss.backward()
             total += float(loss.detach())
         optimizer.step()
