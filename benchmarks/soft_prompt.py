@@ -5,8 +5,9 @@
   examples) on the same backbone weights, batch 8, the same token ids, P=20; steps interleaved so
   machine noise hits both alike. frozenlm runs the prompt and the text every row shares (chat
   template, instruction) once and reuses their keys and values for the 8 rows (`batch_loss`);
-  PEFT runs every row in full, padded. Peak memory of each is measured in a fresh subprocess: the peak RSS during the steps
-  minus the RSS before them (model loaded). Target `step_ratio` <= 0.7.
+  PEFT runs every row in full, padded. Peak memory of each is measured in a fresh subprocess:
+  the peak RSS during the steps minus the RSS before them (model loaded). Target
+  `step_ratio` <= 0.7.
 - scoring with the prompt KV cache vs recomputing the prompt, P=100, inputs of 64 tokens.
   Target `cache_speedup` >= 1.5.
 - 32 rows of 4 tasks (each row its task's prompt) in batches of 8 sorted by length, across tasks
