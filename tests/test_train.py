@@ -15,9 +15,8 @@ from frozenlm.checkpoint import load_checkpoint
 from frozenlm.errors import ConfigError
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
-from frozenlm.splice import splice
+from frozenlm.splice import pack, splice
 from frozenlm.tasks import load_task
-from frozenlm.splice import pack
 from frozenlm.train import DataOrder, TrainConfig, batch_loss, target_loss, train, train_plugin
 
 

@@ -277,6 +277,7 @@ def _plot_quality_vs(
     heads = headline_cells(cells)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
+        placed: dict[tuple[float, float], int] = {}  # points already labelled at a position
         for (t, method), cell in heads.items():
             if t != task:
                 continue
@@ -286,7 +287,10 @@ def _plot_quality_vs(
             y = cell["test"]["value"]
             err = [[y - cell["test"]["low"]], [cell["test"]["high"] - y]]
             ax.errorbar([x], [y], yerr=err, fmt="o", capsize=3, label=method)
-            ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            stacked = placed.get((x, round(y, 3)), 0)  # same point: stack the labels
+            placed[(x, round(y, 3))] = stacked + 1
+            ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 5 - 11 * stacked),
+                        fontsize=8)  # fmt: skip
         if key == "trainable_parameters":
             ax.set_xscale("log")
         majority = next(
