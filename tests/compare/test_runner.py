@@ -32,7 +32,7 @@ def test_the_plan_adds_the_domain_shift_partner_for_shift_methods_only() -> None
     assert ("sentiment", "lora", 4, False) in cells and ("sentiment", "lora", 8, True) in cells
     assert ("sentiment", "zero-shot", None, True) in cells
     partner = [c for c in cells if c[0] == "tweets-binary"]
-    assert {c[1] for c in partner} == {"zero-shot", "lora"}  # not peft-prompt, not few-shot
+    assert {c[1] for c in partner} == {"zero-shot", "lora"}  # peft-prompt is no partner method
     assert ("tweets-binary", "lora", 8, True) in partner
     assert not any(c[0] == "tweets-binary" for c in plan(
         CompareConfig(tasks=("sentiment",), budget=TINY_BUDGET, domain_shift=False)))  # fmt: skip

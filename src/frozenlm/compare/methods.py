@@ -46,6 +46,8 @@ class Budget:
     """Labelled training examples for the learning curves (None: the whole train split)."""
     shots: int = 4
     """Demonstrations of few-shot prompting."""
+    partner_methods: tuple[str, ...] = ("zero-shot", "few-shot", "soft-prompt", "lora", "full-ft")
+    """Methods also fitted on the domain-shift partner task (the reverse direction)."""
 
     def describe(self) -> str:
         sizes = ", ".join("all" if s is None else str(s) for s in self.train_sizes)
@@ -59,7 +61,8 @@ class Budget:
 
 BUDGETS = {
     "quick": Budget("quick", steps=20, batch_size=4, eval_every=10, dev_limit=40,
-                    test_limit=100, train_sizes=(16, 128)),
+                    test_limit=100, train_sizes=(16, 128),
+                    partner_methods=("zero-shot", "soft-prompt", "lora", "full-ft")),
     "full": Budget("full", steps=150, batch_size=8, eval_every=25, dev_limit=200,
                    test_limit=400, train_sizes=(16, 64, 256, None)),
 }  # fmt: skip

@@ -34,9 +34,6 @@ from frozenlm.tasks import Task
 
 log = logging.getLogger(__name__)
 
-# Methods fitted on the domain-shift partner (the reverse direction) when it is not one of the
-# compared tasks: few-shot is left out there, its long prompts cost more than the rest together.
-PARTNER_METHODS = ("zero-shot", "soft-prompt", "lora", "full-ft")
 KEEP_ARTIFACT_BYTES = 50 * 2**20  # keep trained artefacts under OUT/work up to this size
 
 
@@ -204,7 +201,7 @@ def plan(config: CompareConfig) -> list[tuple[str, str, int | None, bool]]:
         extra = task not in config.tasks  # only for the domain-shift table
         shift = config.domain_shift and task in SHIFTS
         for name in config.methods:
-            if extra and name not in PARTNER_METHODS:
+            if extra and name not in budget.partner_methods:
                 continue
             method = METHODS[name]
             sizes: Sequence[int | None] = budget.train_sizes if method.trains else [None]
