@@ -61,6 +61,12 @@ class FineTuned(nn.Module):
         """The trained weights, under their names in the model (what a user must store)."""
         return {_name(k): p.detach().clone() for k, p in self.weights.items()}
 
+    @torch.no_grad()
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy saved weights (named as `tensors()` names them) into the model."""
+        for key, param in self.weights.items():
+            param.copy_(tensors[_name(key)])
+
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.weights.values())
 

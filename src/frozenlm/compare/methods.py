@@ -230,10 +230,7 @@ class _FineTuning:
         )
         meta = {"kind": self.name, "backbone": {"fingerprint": backbone.fingerprint}}
         result = train(tuned, weights, [task], config, work, meta=meta)
-        best = load_checkpoint(work / "best").tensors
-        with torch.no_grad():
-            for name, param in weights.weights.items():
-                param.copy_(best[name.replace("__", ".")])
+        weights.load_tensors(load_checkpoint(work / "best").tensors)
         tuned.model.requires_grad_(False)
         return Fitted(
             tuned,
