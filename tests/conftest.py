@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,3 +36,63 @@ def embedded() -> Backbone:
 def _runs_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run records of CLI calls in tests go to a temporary folder, never into ./runs."""
     monkeypatch.setenv("FROZENLM_RUNS", str(tmp_path_factory.mktemp("records")))
+
+
+def write_toy_task(folder: Path, n: int = 40) -> Path:
+    """A task file of `n` examples, "item i is good/bad" -> yes/no: training on it takes a
+    second, not ten as on sentiment. Returns the task file's path."""
+    rows = [
+        {"text": f"item {i} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
+        for i in range(n)
+    ]
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = {
+        "name": "toy",
+        "data": "data.jsonl",
+        "input_fields": ["text"],
+        "label_field": "label",
+        "labels": {"pos": "yes", "neg": "no"},
+        "instruction": "Is the item good?",
+    }
+    (folder / "task.json").write_text(json.dumps(task))
+    return folder / "task.json"
+
+
+@dataclass
+class LocalServer:
+    """An OpenAI-compatible server over the tiny backbone, running in a thread."""
+
+    url: str
+    """Base URL up to /v1."""
+    requests: list[str]
+    """Paths of the requests it received, in order."""
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny: Backbone) -> Iterator[LocalServer]:
+    """A real HTTP server (uvicorn) on a free localhost port serving `tiny` as model "tiny"."""
+    import uvicorn
+    from starlette.requests import Request
+
+    from frozenlm.serve.openai_api import create_app
+
+    app = create_app(tiny, "tiny")
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def remember(request: Request, call_next: Any) -> Any:
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield LocalServer(f"http://127.0.0.1:{port}/v1", seen)
+    server.should_exit = True
+    thread.join(timeout=10)

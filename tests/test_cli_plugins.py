@@ -5,32 +5,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_toy_task
 from frozenlm.backbone import Backbone, TinyConfig
 from frozenlm.cli import main
-
-
-def _toy_task(folder: Path) -> Path:
-    rows = [
-        {"text": f"item {i} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
-        for i in range(40)
-    ]
-    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = {
-        "name": "toy",
-        "data": "data.jsonl",
-        "input_fields": ["text"],
-        "label_field": "label",
-        "labels": {"pos": "yes", "neg": "no"},
-        "instruction": "Is the item good?",
-    }
-    (folder / "task.json").write_text(json.dumps(task))
-    return folder / "task.json"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("cli")
-    task = _toy_task(folder)
+    task = write_toy_task(folder)
     for seed in (0, 1):
         argv = [
             "train",

@@ -1,7 +1,8 @@
 import pytest
+import torch
 
 from frozenlm.backbone import Backbone
-from frozenlm.generation import GenerationConfig, _cut_at_stop, generate
+from frozenlm.generation import GenerationConfig, _cut_at_stop, generate, generate_detailed
 
 
 def test_cut_at_the_first_stop_string() -> None:
@@ -21,6 +22,24 @@ def test_cached_decoding_equals_recomputing(tiny: Backbone) -> None:
     )
     assert cached == uncached
     assert all(len(tok.encode(text, add_special_tokens=False)) <= 13 for text in cached)
+
+
+def test_token_logprobs_equal_the_full_sequence_scores(tiny: Backbone) -> None:
+    ids = tiny.tokenizer.encode("Hello there, friend", add_special_tokens=False)
+    config = GenerationConfig(max_new_tokens=5, stop=(), top_logprobs=3)
+    (out,) = generate_detailed(tiny, [[ids]], config)
+    assert len(out.tokens) == len(out.logprobs) == len(out.top) == 5
+    full = torch.tensor([ids + out.tokens])  # [1, T]
+    with torch.no_grad():
+        hidden = tiny.forward(
+            tiny.embed(full), torch.ones_like(full), torch.arange(full.shape[1])[None]
+        )
+        logprobs = torch.log_softmax(tiny.lm_logits(hidden[0]), dim=-1)  # [T, V]
+    for step, token in enumerate(out.tokens):
+        expected = logprobs[len(ids) - 1 + step]
+        assert out.logprobs[step] == pytest.approx(float(expected[token]), abs=1e-4)
+        assert out.top[step][0][0] == token  # greedy: the chosen token is the most likely
+        assert [t for t, _ in out.top[step]] == expected.topk(3).indices.tolist()
 
 
 @pytest.mark.slow

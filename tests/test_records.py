@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_toy_task
 from frozenlm.backbone import Backbone, TinyConfig, build_tiny_model, load_tokenizer
 from frozenlm.cli import main
 from frozenlm.errors import ConfigError
@@ -222,24 +223,8 @@ def test_runs_folder_comes_from_the_environment(
     assert f"record: {path}" in capsys.readouterr().out
 
 
-def _toy_task(folder: Path) -> Path:
-    """A 40-example task file: training on it takes a second, not ten as on sentiment."""
-    rows = [{"text": f"item {i}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
-    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = {
-        "name": "toy",
-        "data": "data.jsonl",
-        "input_fields": ["text"],
-        "label_field": "label",
-        "labels": {"pos": "yes", "neg": "no"},
-        "instruction": "Is the item good?",
-    }
-    (folder / "task.json").write_text(json.dumps(task))
-    return folder / "task.json"
-
-
 def test_train_writes_a_record_with_dev_metrics_and_costs(tmp_path: Path, tiny: Backbone) -> None:
-    out, task = tmp_path / "sp", _toy_task(tmp_path)
+    out, task = tmp_path / "sp", write_toy_task(tmp_path)
     argv = ["train", "--task", str(task), "--backbone", "tiny", "--steps", "2", "--eval-every", "2"]
     argv += ["--eval-limit", "4", "--batch-size", "2", "--out", str(out)]
     assert main(["--runs-dir", str(tmp_path / "runs"), *argv]) == 0

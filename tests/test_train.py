@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import write_toy_task
 from frozenlm.backbone import Backbone
 from frozenlm.checkpoint import load_checkpoint
 from frozenlm.errors import ConfigError
@@ -18,27 +19,6 @@ from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.splice import pack, splice
 from frozenlm.tasks import load_task
 from frozenlm.train import DataOrder, TrainConfig, batch_loss, target_loss, train, train_plugin
-
-
-def _task_file(folder: Path, n: int = 48) -> Path:
-    rows = [
-        {"text": f"item {i} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
-        for i in range(n)
-    ]
-    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "task.json").write_text(
-        json.dumps(
-            {
-                "name": "toy",
-                "data": "data.jsonl",
-                "input_fields": ["text"],
-                "label_field": "label",
-                "labels": {"pos": "yes", "neg": "no"},
-                "instruction": "Is the item good?",
-            }
-        )
-    )
-    return folder / "task.json"
 
 
 def test_target_loss_equals_full_logits_cross_entropy(tiny: Backbone) -> None:
@@ -78,7 +58,7 @@ def test_data_order_is_a_seeded_permutation_per_epoch() -> None:
 
 
 def test_one_step_trains_the_prompt_only(tiny: Backbone, tmp_path: Path) -> None:
-    task = load_task(str(_task_file(tmp_path)))
+    task = load_task(str(write_toy_task(tmp_path, 48)))
     plugin = SoftPromptSet.from_config(SoftPromptConfig(length=4), tiny, [task.spec], seed=0)
     before = plugin.prompts["toy"].detach().clone()
     config = TrainConfig(steps=1, batch_size=4, eval_every=1, eval_limit=4)
@@ -91,7 +71,7 @@ def test_one_step_trains_the_prompt_only(tiny: Backbone, tmp_path: Path) -> None
 def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(
     tiny: Backbone, tmp_path: Path
 ) -> None:
-    task_file = _task_file(tmp_path)
+    task_file = write_toy_task(tmp_path, 48)
     config = TrainConfig(steps=30, batch_size=8, eval_every=10, eval_limit=8, patience=0)
     result = train_plugin(
         tiny,
@@ -111,7 +91,7 @@ def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(
 
 
 def test_an_existing_run_is_not_overwritten(tiny: Backbone, tmp_path: Path) -> None:
-    task_file = _task_file(tmp_path)
+    task_file = write_toy_task(tmp_path, 48)
     config = TrainConfig(steps=1, batch_size=2, eval_every=1, eval_limit=2)
     args = (
         tiny,
@@ -155,7 +135,7 @@ def _train_command(task_file: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    task_file = _task_file(tmp_path)
+    task_file = write_toy_task(tmp_path, 48)
     env = {**os.environ, "TQDM_DISABLE": "1"}
     subprocess.run(
         _train_command(task_file, tmp_path / "whole"), check=True, env=env, capture_output=True

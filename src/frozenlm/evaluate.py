@@ -57,8 +57,8 @@ class EvalConfig:
     selection: Literal["random", "balanced", "nearest"] = "balanced"
     """How demonstrations are chosen: a random or class-balanced fixed set, or the nearest
     training examples by MiniLM embedding (per input)."""
-    framing: Literal["plain", "qa"] = "plain"
-    """plain: `input / Answer:`; qa: `Q: input / A:`."""
+    framing: Literal["plain", "qa", "label"] = "plain"
+    """plain: `input / Answer:`; qa: `Q: input / A:`; label: `input / Label:`."""
     chat_template: bool = True
     """Wrap the prompt in the backbone's chat template when it has one."""
     chain_of_thought: bool = False

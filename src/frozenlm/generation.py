@@ -8,7 +8,7 @@ applies the lm head to that position only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,22 @@ class GenerationConfig:
     use_cache: bool = True
     """Reuse keys/values of earlier positions; False recomputes the whole sequence every step
     (a reference for tests)."""
+    top_logprobs: int = 0
+    """Keep the log-probabilities of this many most likely tokens at every step (0: none)."""
+
+
+@dataclass
+class Generation:
+    """One row's continuation, with the log-probability of each generated token."""
+
+    text: str
+    """The continuation, cut at the first stop string, stripped."""
+    tokens: list[int] = field(default_factory=list)
+    """Generated token ids (an end token is not included)."""
+    logprobs: list[float] = field(default_factory=list)
+    """Log-probability of each generated token."""
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    """Per step, the `top_logprobs` most likely (token id, log-probability) pairs."""
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -42,7 +58,6 @@ def _end_tokens(backbone: Backbone) -> set[int]:
     return {int(i) for i in [backbone.tokenizer.eos_token_id, *ids] if i is not None}
 
 
-@torch.no_grad()
 def generate(
     backbone: Backbone,
     prefixes: Sequence[Sequence[Piece]],
@@ -53,6 +68,18 @@ def generate(
 
     With `shared`, every prefix continues after that cached prefix (e.g. a task's soft prompt).
     """
+    return [g.text for g in generate_detailed(backbone, prefixes, config, shared)]
+
+
+@torch.no_grad()
+def generate_detailed(
+    backbone: Backbone,
+    prefixes: Sequence[Sequence[Piece]],
+    config: GenerationConfig,
+    shared: PrefixCache | None = None,
+) -> list[Generation]:
+    """`generate`, keeping each generated token and its log-probability (and the most likely
+    alternatives when `config.top_logprobs` > 0)."""
     batch = splice(backbone, prefixes)
     if shared is not None:
         if not config.use_cache:
@@ -60,9 +87,8 @@ def generate(
         batch = shared.after(batch)
     eos = _end_tokens(backbone)
     rows = len(prefixes)
-    generated: list[list[int]] = [[] for _ in range(rows)]
+    out = [Generation("") for _ in range(rows)]
     done = [False] * rows
-    texts = [""] * rows
 
     cache = backbone.new_cache() if config.use_cache else None
     if shared is not None:
@@ -71,8 +97,9 @@ def generate(
     hidden = backbone.forward(embeds, mask, positions, cache)
     next_positions = batch.lengths.unsqueeze(1)  # [B, 1]
     for _ in range(config.max_new_tokens):
-        logits = backbone.lm_logits(hidden[:, -1])  # [B, V]
-        tokens = logits.argmax(dim=-1)  # [B]
+        logprobs = torch.log_softmax(backbone.lm_logits(hidden[:, -1]), dim=-1)  # [B, V]
+        tokens = logprobs.argmax(dim=-1)  # [B]
+        top = logprobs.topk(config.top_logprobs, dim=-1) if config.top_logprobs else None
         for b in range(rows):
             if done[b]:
                 continue
@@ -80,10 +107,14 @@ def generate(
             if token in eos:
                 done[b] = True
                 continue
-            generated[b].append(token)
-            text = backbone.tokenizer.decode(generated[b], skip_special_tokens=True)
-            texts[b], stopped = _cut_at_stop(text, config.stop)
-            done[b] = stopped
+            row = out[b]
+            row.tokens.append(token)
+            row.logprobs.append(float(logprobs[b, token]))
+            if top is not None:
+                pairs = zip(top.indices[b].tolist(), top.values[b].tolist(), strict=True)
+                row.top.append([(int(i), float(v)) for i, v in pairs])
+            text = backbone.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            row.text, done[b] = _cut_at_stop(text, config.stop)
         if all(done):
             break
         new_embeds = backbone.embed(tokens.unsqueeze(1))  # [B, 1, D]
@@ -95,4 +126,6 @@ def generate(
             positions = torch.cat([positions, next_positions], dim=1)
             hidden = backbone.forward(embeds, mask, positions)
         next_positions = next_positions + 1
-    return [t.strip() for t in texts]
+    for row in out:
+        row.text = row.text.strip()
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,9 +15,11 @@ from frozenlm.tasks.spec import Example, TaskSpec
 logger = logging.getLogger(__name__)
 
 Selection = Literal["random", "balanced", "nearest"]
-Framing = Literal["plain", "qa"]
+Framing = Literal["plain", "qa", "label"]
 SELECTIONS: tuple[str, ...] = ("random", "balanced", "nearest")
-FRAMINGS: tuple[str, ...] = ("plain", "qa")
+FRAMINGS: tuple[str, ...] = ("plain", "qa", "label")
+CUES = {"plain": "Answer:", "qa": "A:", "label": "Label:"}
+"""The text before the answer slot, per framing."""
 
 COT_INSTRUCTION = "Think step by step, then give the final answer after 'Answer:'."
 COT_TRIGGER = "Let's think step by step."  # Kojima et al. 2022, zero-shot chain of thought
@@ -34,7 +36,8 @@ class PromptConfig:
     """How demonstrations are picked: a fixed seeded sample ("random"), a fixed sample with the
     same count per label ("balanced"), or the k most similar by MiniLM embedding ("nearest")."""
     framing: Framing = "plain"
-    """"plain": "<input>\\nAnswer: <answer>"; "qa": "Q: <input>\\nA: <answer>"."""
+    """"plain": "<input>\\nAnswer: <answer>"; "qa": "Q: <input>\\nA: <answer>"; "label":
+    "<input>\\nLabel: <answer>" (the SuperICL format)."""
     chat_template: bool = True
     """Use the tokenizer's chat template when it has one (system, user and assistant turns)."""
     chain_of_thought: bool = False
@@ -91,6 +94,7 @@ class Prompter:
         *,
         max_tokens: int,
         answer_tokens: int,
+        annotate: Callable[[Example], str] | None = None,
     ) -> None:
         if config.chain_of_thought and spec.kind != "generation":
             raise ConfigError(
@@ -108,11 +112,13 @@ class Prompter:
         self.answer_tokens = answer_tokens
         self.use_chat = bool(config.chat_template and getattr(tokenizer, "chat_template", None))
         self.instruction = _full_instruction(spec, config)
+        self.annotate = annotate
+        """Side information shown after each input (demonstrations and test), before the answer
+        cue: SuperICL's plug-in prediction and confidence."""
         self.cut_prompts = 0
         """How many rendered prompts had demonstrations dropped or their input truncated."""
         self._lead_ids = [] if self.use_chat else _leading_special_ids(tokenizer)
-        cue = "A:" if config.framing == "qa" else "Answer:"
-        self._cue = "\n" + cue
+        self._cue = "\n" + CUES[config.framing]
         if config.chain_of_thought and not self.use_chat:
             self._cue += " " + COT_TRIGGER
         self._sep = "" if self.use_chat else " "
@@ -136,17 +142,18 @@ class Prompter:
             )
         demos = list(demos)
         fields = {name: example.fields[name] for name in self.spec.input_fields}
-        text = self._render_text(demos, fields)
+        note = self.annotate(example) if self.annotate else ""
+        text = self._render_text(demos, fields, note)
         ids = self._encode(text)
         dropped = 0
         while demos and not self._fits(ids):
             demos.pop(0)
             dropped += 1
-            text = self._render_text(demos, fields)
+            text = self._render_text(demos, fields, note)
             ids = self._encode(text)
         truncated = not self._fits(ids)
         if truncated:
-            text, ids = self._truncate(fields, len(ids))
+            text, ids = self._truncate(fields, len(ids), note)
         if dropped or truncated:
             self._note_cut(example, dropped, truncated)
         return RenderedPrompt(ids, text, len(demos), dropped, truncated)
@@ -209,22 +216,29 @@ class Prompter:
 
     # -- rendering --------------------------------------------------------------------------
 
-    def _render_text(self, demos: Sequence[Example], fields: Mapping[str, str]) -> str:
-        test_input = self.spec.template.format(**fields)
+    def _render_text(
+        self, demos: Sequence[Example], fields: Mapping[str, str], note: str = ""
+    ) -> str:
+        test_input = self._question(self.spec.template.format(**fields), note)
         if self.use_chat:
             return self._render_chat(demos, test_input)
         return self._render_plain(demos, test_input)
 
-    def _question(self, formatted_input: str) -> str:
-        return "Q: " + formatted_input if self.config.framing == "qa" else formatted_input
+    def _question(self, formatted_input: str, note: str = "") -> str:
+        """The input as shown, with its framing and the annotation line when there is one."""
+        text = "Q: " + formatted_input if self.config.framing == "qa" else formatted_input
+        return text + "\n" + note if note else text
+
+    def _demo_question(self, demo: Example) -> str:
+        note = self.annotate(demo) if self.annotate else ""
+        return self._question(self.spec.format_input(demo), note)
 
     def _render_plain(self, demos: Sequence[Example], test_input: str) -> str:
-        cue = "\nA: " if self.config.framing == "qa" else "\nAnswer: "
+        cue = "\n" + CUES[self.config.framing] + " "
         blocks = [self.instruction] if self.instruction else []
         for demo in demos:
-            formatted = self.spec.format_input(demo)
-            blocks.append(self._question(formatted) + cue + self.demo_answer(demo))
-        blocks.append(self._question(test_input) + self._cue)
+            blocks.append(self._demo_question(demo) + cue + self.demo_answer(demo))
+        blocks.append(test_input + self._cue)
         return "\n\n".join(blocks)
 
     def _render_chat(self, demos: Sequence[Example], test_input: str) -> str:
@@ -233,11 +247,9 @@ class Prompter:
             answer = self.demo_answer(demo)
             if self.config.chain_of_thought:
                 answer = "Answer: " + answer
-            messages.append(
-                {"role": "user", "content": self._question(self.spec.format_input(demo))}
-            )
+            messages.append({"role": "user", "content": self._demo_question(demo)})
             messages.append({"role": "assistant", "content": answer})
-        messages.append({"role": "user", "content": self._question(test_input)})
+        messages.append({"role": "user", "content": test_input})
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
@@ -254,7 +266,9 @@ class Prompter:
     def _fits(self, ids: Sequence[int]) -> bool:
         return len(ids) + self.answer_tokens <= self.max_tokens
 
-    def _truncate(self, fields: Mapping[str, str], n_ids: int) -> tuple[str, list[int]]:
+    def _truncate(
+        self, fields: Mapping[str, str], n_ids: int, note: str = ""
+    ) -> tuple[str, list[int]]:
         """Cut the longest input field token-wise from its end until the prompt fits alone."""
         field_ids = {name: self._encode_plain(value) for name, value in fields.items()}
         caps = {name: len(ids) for name, ids in field_ids.items()}  # tokens kept per field
@@ -272,7 +286,7 @@ class Prompter:
             caps[longest] = max(0, caps[longest] - max(1, overshoot))
             kept = self.tokenizer.decode(field_ids[longest][: caps[longest]])
             cut[longest] = kept.rstrip("\ufffd")  # no half of a multi-byte character
-            text = self._render_text((), cut)
+            text = self._render_text((), cut, note)
             ids = self._encode(text)
             if self._fits(ids):
                 return text, ids

@@ -9,6 +9,8 @@ task). `METHODS` is the one registry `compare` reads; a method that cannot run o
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -17,13 +19,22 @@ import torch
 
 from frozenlm.backbone import Backbone
 from frozenlm.checkpoint import load_checkpoint, save_checkpoint
-from frozenlm.evaluate import EvalConfig
+from frozenlm.evaluate import EvalConfig, Report
 from frozenlm.finetune import FineTuned, LoraSettings, full_copy, lora_copy
 from frozenlm.peft_prompt import PeftPromptConfig, train_peft_prompt
 from frozenlm.plugins import SoftTokenSource
 from frozenlm.plugins.registry import load_plugin, plugin_meta
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
-from frozenlm.tasks import Task
+from frozenlm.supericl import (
+    LocalBackend,
+    PluginClassifier,
+    PluginTrainConfig,
+    SuperICLConfig,
+    pick_demos,
+    run_supericl,
+)
+from frozenlm.supericl.run import as_report, plugin_report
+from frozenlm.tasks import Example, Task
 from frozenlm.train import TrainConfig, train
 
 
@@ -62,7 +73,7 @@ class Budget:
 BUDGETS = {
     "quick": Budget("quick", steps=20, batch_size=4, eval_every=10, dev_limit=40,
                     test_limit=100, train_sizes=(16, 128),
-                    partner_methods=("zero-shot", "soft-prompt", "lora", "full-ft")),
+                    partner_methods=("zero-shot", "soft-prompt", "lora")),
     "full": Budget("full", steps=150, batch_size=8, eval_every=25, dev_limit=200,
                    test_limit=400, train_sizes=(16, 64, 256, None)),
 }  # fmt: skip
@@ -84,6 +95,9 @@ class Fitted:
     shares_backbone: bool = True
     """Served from the one frozen backbone (False: needs its own model copy per task)."""
     best_step: int | None = None
+    evaluator: Callable[[Task, EvalConfig], Report] | None = None
+    """How to evaluate, for methods that are not a prompt or plug-in on a backbone (the plug-in
+    classifier, SuperICL); None: `evaluate(backbone, task, config, plugin)`."""
 
 
 class Method(Protocol):
@@ -269,6 +283,102 @@ class FullFineTuning(_FineTuning):
         return full_copy(backbone)
 
 
+def _plugin_train_config(budget: Budget, size: int, seed: int) -> PluginTrainConfig:
+    """The plug-in classifier sees as many examples, in batches as large, as every other
+    trained method: `budget.steps` x `budget.batch_size` rows."""
+    epochs = max(1, math.ceil(budget.steps * budget.batch_size / max(size, 1)))
+    return PluginTrainConfig(
+        epochs=epochs,
+        max_train=None,
+        batch_size=budget.batch_size,
+        dev_limit=budget.dev_limit,
+        seed=seed,
+    )
+
+
+def _supericl_config(budget: Budget, task: Task, seed: int) -> SuperICLConfig:
+    """`budget.shots` demonstrations, but at most half the training examples: the plug-in
+    trains on the rest, so that its predictions on the demonstrations are out of sample."""
+    shots = min(budget.shots, len(task.train) // 2)
+    return SuperICLConfig(shots=shots, variants=("supericl",), seed=seed)
+
+
+class _SmallModelMethod:
+    """Shared by the plug-in alone and SuperICL: the MiniLM plug-in, trained on the task with
+    the SuperICL demonstrations left out."""
+
+    name = ""
+    trains = True
+
+    def unavailable(self, task: Task) -> str | None:
+        if task.spec.kind != "classification":
+            return "a plug-in classifier needs a classification task"
+        return None
+
+    def _train(
+        self, task: Task, budget: Budget, seed: int, work: Path
+    ) -> tuple[PluginClassifier, list[Example]]:
+        demos = pick_demos(task, _supericl_config(budget, task, seed))
+        config = _plugin_train_config(budget, len(task.train) - len(demos), seed)
+        plugin = PluginClassifier.train(task, config, exclude=[d.id for d in demos])
+        plugin.save(work / "best")
+        return plugin, demos
+
+    def _fitted(
+        self, backbone: Backbone, plugin: PluginClassifier, budget: Budget, work: Path
+    ) -> Fitted:
+        return Fitted(
+            backbone,
+            EvalConfig(),
+            trainable_parameters=plugin.num_parameters,
+            labelled_train=int(plugin.info["train_examples"]),
+            labelled_dev=int(plugin.info["dev_examples"]),
+            train_seconds=float(plugin.info["train_seconds"]),
+            stored_bytes=folder_bytes(work / "best"),
+            best_step=int(plugin.info["best_epoch"]),
+            shares_backbone=self.name == "supericl",  # the plug-in alone needs no backbone
+        )
+
+
+class PluginAlone(_SmallModelMethod):
+    """The SuperICL plug-in by itself: MiniLM fine-tuned with a classification head."""
+
+    name = "plugin"
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        plugin, _ = self._train(task, budget, seed, work)
+
+        def evaluator(data: Task, config: EvalConfig) -> Report:
+            examples = list(data.split(config.split))[: config.limit]
+            return plugin_report(plugin, data, examples, config.seed)
+
+        fitted = self._fitted(backbone, plugin, budget, work)
+        fitted.evaluator = evaluator
+        return fitted
+
+
+class SuperICLMethod(_SmallModelMethod):
+    """SuperICL on the frozen backbone: k demonstrations with the plug-in's prediction and
+    confidence, then the test input with its prediction (Xu et al. 2023)."""
+
+    name = "supericl"
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        plugin, demos = self._train(task, budget, seed, work)
+        backend = LocalBackend(backbone, chat_template=False)
+
+        def evaluator(data: Task, config: EvalConfig) -> Report:
+            sic = _supericl_config(budget, task, seed)
+            sic = replace(sic, split=config.split, limit=config.limit)
+            result = run_supericl(data, backend, plugin, demos, backbone.tokenizer, sic)
+            return as_report(result, "supericl", backbone.fingerprint)
+
+        fitted = self._fitted(backbone, plugin, budget, work)
+        fitted.labelled_train += len(demos)
+        fitted.evaluator = evaluator
+        return fitted
+
+
 class NotYetBuilt:
     """A method of the design whose issue has not landed: listed, reported as skipped."""
 
@@ -292,6 +402,6 @@ METHODS: dict[str, Method] = {
     "lora": Lora(),
     "full-ft": FullFineTuning(),
     "id-pt": NotYetBuilt("id-pt", "input-dependent prompt tuning is not built yet (issue 7)"),
-    "plugin": NotYetBuilt("plugin", "the SuperICL plug-in classifier is not built yet (issue 6)"),
-    "supericl": NotYetBuilt("supericl", "SuperICL is not built yet (issue 6)"),
+    "plugin": PluginAlone(),
+    "supericl": SuperICLMethod(),
 }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import random
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,9 +27,10 @@ from frozenlm.backbone import Backbone
 from frozenlm.compare.domain import SHIFTS, load_compare_task, shifted
 from frozenlm.compare.methods import BUDGETS, METHODS, Budget, Fitted, Method, folder_bytes
 from frozenlm.errors import ConfigError
-from frozenlm.evaluate import Report, evaluate
+from frozenlm.evaluate import EvalConfig, Report, evaluate
 from frozenlm.measure import PeakMemory
 from frozenlm.tasks import Task
+from frozenlm.tasks.splits import balanced_sample
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +91,7 @@ def subsample(task: Task, size: int | None, seed: int) -> Task:
     """The task with `size` training examples, class-balanced and seeded (all if None/larger)."""
     if size is None or size >= len(task.train):
         return task
-    rng = random.Random(seed)
-    by_label: dict[str, list[Any]] = {}
-    for ex in task.train:
-        by_label.setdefault(ex.label, []).append(ex)
-    for group in by_label.values():
-        rng.shuffle(group)
-    picked: list[Any] = []
-    groups = [by_label[k] for k in sorted(by_label)]
-    while len(picked) < size:
-        for group in groups:
-            if group and len(picked) < size:
-                picked.append(group.pop())
-    rng.shuffle(picked)
-    return replace(task, train=tuple(picked))
+    return replace(task, train=tuple(balanced_sample(task.train, size, seed)))
 
 
 def size_label(size: int | None) -> str:
@@ -121,6 +108,12 @@ def _metric_json(report: Report, metric: str) -> dict[str, Any]:
     if metric in report.baseline:
         data["majority"] = report.baseline[metric].value
     return data
+
+
+def _evaluate(fitted: Fitted, task: Task, config: EvalConfig) -> Report:
+    if fitted.evaluator is not None:
+        return fitted.evaluator(task, config)
+    return evaluate(fitted.backbone, task, config, plugin=fitted.plugin)
 
 
 def run_cell(
@@ -153,7 +146,7 @@ def run_cell(
         fitted: Fitted = method.fit(backbone, data, budget, seed, work)
     fit_seconds = time.perf_counter() - start
     test_config = replace(fitted.eval_config, split="test", limit=budget.test_limit)
-    report = evaluate(fitted.backbone, data, test_config, plugin=fitted.plugin)
+    report = _evaluate(fitted, data, test_config)
     metric = task.spec.metric
     cell |= {
         "status": "done",
@@ -178,7 +171,7 @@ def run_cell(
     if shift_target is not None:
         shift_task = shifted(data, shift_target)
         shift_config = replace(test_config, limit=budget.test_limit)
-        shift_report = evaluate(fitted.backbone, shift_task, shift_config, plugin=fitted.plugin)
+        shift_report = _evaluate(fitted, shift_task, shift_config)
         cell["shift"] = {"target": shift_target.name, **_metric_json(shift_report, metric)}
     keep = folder_bytes(work) <= KEEP_ARTIFACT_BYTES
     cell["artifact"] = str(work / "best") if keep and (work / "best").exists() else None

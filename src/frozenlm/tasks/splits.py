@@ -208,3 +208,24 @@ def _quota(
         best = max(spare, key=lambda c: quota[c] - exact[c])
         quota[best] -= 1
     return quota
+
+
+def balanced_sample(examples: Sequence[Example], size: int | None, seed: int) -> list[Example]:
+    """At most `size` examples (all if None or more), the same count per label as far as each
+    label's examples allow, in a seeded order."""
+    if size is None or size >= len(examples):
+        return list(examples)
+    rng = random.Random(seed)
+    by_label: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_label.setdefault(ex.label, []).append(ex)
+    for group in by_label.values():
+        rng.shuffle(group)
+    picked: list[Example] = []
+    groups = [by_label[k] for k in sorted(by_label)]
+    while len(picked) < size:
+        for group in groups:
+            if group and len(picked) < size:
+                picked.append(group.pop())
+    rng.shuffle(picked)
+    return picked

@@ -1,0 +1,1 @@
+"""Serving the frozen backbone over HTTP."""

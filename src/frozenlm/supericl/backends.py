@@ -1,0 +1,275 @@
+"""Where SuperICL's large model runs: the local frozen backbone (rank classification over the
+label verbalizers) or any OpenAI-compatible HTTP endpoint (log-probabilities of the first answer
+token where offered, otherwise the answer text matched against the verbalizers).
+
+A backend turns rendered prompts into label choices and, on request, short explanations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from tqdm.auto import tqdm
+
+from frozenlm.atomic import atomic_write_json
+from frozenlm.backbone import Backbone, cache_dir
+from frozenlm.errors import ConfigError, FrozenLMError
+from frozenlm.evaluate import EvalConfig, label_candidates, score_prompts
+from frozenlm.generation import GenerationConfig, generate
+from frozenlm.prompting import Prompter, RenderedPrompt
+from frozenlm.tasks.spec import Task
+
+log = logging.getLogger(__name__)
+
+EXPLAIN_CUE = "\nExplanation for overriding the prediction:"
+"""Appended after the chosen label to ask why the model overrode the plug-in (as published)."""
+EXPLAIN_TOKENS = 64
+
+
+class BackendError(FrozenLMError):
+    """The large model's endpoint failed or answered something unusable."""
+
+
+@dataclass
+class Choice:
+    """The large model's answer to one prompt."""
+
+    label: str | None
+    """The chosen task label; None if the answer matched no verbalizer."""
+    scores: list[float] | None = None
+    """Per-label log-probabilities (task label order), when the backend gives them."""
+    raw: str | None = None
+    """The answer text, from backends that generate."""
+
+
+class Backend(Protocol):
+    name: str
+    uses_chat_template: bool
+    """Whether prompts for it should be rendered with the local tokenizer's chat template."""
+
+    def choose(
+        self, task: Task, prompter: Prompter, prompts: Sequence[RenderedPrompt]
+    ) -> list[Choice]: ...
+
+    def explain(self, prompts: Sequence[str]) -> list[str]: ...
+
+
+class LocalBackend:
+    """The frozen backbone: every label's verbalizer scored after the prompt; the context all
+    prompts share (instruction, demonstrations) is computed once."""
+
+    def __init__(
+        self, backbone: Backbone, chat_template: bool = True, config: EvalConfig = EvalConfig()
+    ) -> None:
+        self.backbone = backbone
+        self.name = backbone.name
+        self.uses_chat_template = chat_template
+        self.config = config
+
+    def choose(
+        self, task: Task, prompter: Prompter, prompts: Sequence[RenderedPrompt]
+    ) -> list[Choice]:
+        labels = list(task.spec.labels)
+        candidates = label_candidates(task, prompter)
+        scores = score_prompts(self.backbone, prompts, candidates, self.config, task.name)
+        return [
+            Choice(labels[int(row.argmax())], [round(float(s), 4) for s in row]) for row in scores
+        ]
+
+    def explain(self, prompts: Sequence[str]) -> list[str]:
+        tokenizer = self.backbone.tokenizer
+        rows = [[list(tokenizer(text, add_special_tokens=False)["input_ids"])] for text in prompts]
+        config = GenerationConfig(max_new_tokens=EXPLAIN_TOKENS, stop=("\n\n",))
+        return [
+            generate(self.backbone, [row], config)[0]
+            for row in tqdm(rows, desc="explanations", disable=None, leave=False)
+        ]
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    """An OpenAI-compatible endpoint."""
+
+    base_url: str
+    """Up to and including the version, e.g. http://localhost:8000/v1."""
+    model: str
+    api: Literal["completions", "chat"] = "completions"
+    """completions: the prompt as text (as published); chat: the prompt as one user message."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the key (none sent when unset, for local servers)."""
+    timeout: float = 60.0
+    """Seconds per request."""
+    retries: int = 4
+    """Retries after a timeout, connection error, 429 or 5xx, with exponential backoff."""
+    backoff: float = 1.0
+    """Seconds before the first retry; doubled each time."""
+    cache: Path | None = field(default_factory=lambda: cache_dir() / "http-responses")
+    """Folder of cached responses (request hash -> JSON); None disables it."""
+    answer_tokens: int = 5
+    top_logprobs: int = 5
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible HTTP endpoint, with timeouts, retries and an on-disk cache, so a
+    rerun of the same requests spends no calls."""
+
+    uses_chat_template = False
+
+    def __init__(self, config: OpenAIConfig) -> None:
+        if not config.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--base-url must start with http:// or https://: {config.base_url}")
+        self.config = config
+        self.name = config.model
+        self.calls = 0
+        """Requests sent over the network (cache hits are not counted)."""
+        self.cache_hits = 0
+        self.logprobs = True
+        """Ask for log-probabilities; turned off if the endpoint refuses them."""
+
+    def choose(
+        self, task: Task, prompter: Prompter, prompts: Sequence[RenderedPrompt]
+    ) -> list[Choice]:
+        verbalizers = dict(task.spec.labels)
+        out = []
+        for prompt in tqdm(prompts, desc=f"{task.name} {self.name}", disable=None, leave=False):
+            text, top = self._complete(prompt.text, self.config.answer_tokens, stop=["\n"])
+            out.append(_match_label(text, top, verbalizers))
+        return out
+
+    def explain(self, prompts: Sequence[str]) -> list[str]:
+        return [
+            self._complete(p, EXPLAIN_TOKENS, stop=["\n\n"], want_logprobs=False)[0]
+            for p in prompts
+        ]
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _complete(
+        self, prompt: str, max_tokens: int, stop: list[str], want_logprobs: bool = True
+    ) -> tuple[str, dict[str, float]]:
+        """The completion text and the first token's top log-probabilities (may be empty)."""
+        c = self.config
+        body: dict[str, Any] = {
+            "model": c.model,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stop": stop,
+        }
+        if c.api == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        ask = want_logprobs and self.logprobs and c.top_logprobs > 0
+        if ask and c.api == "chat":
+            body |= {"logprobs": True, "top_logprobs": c.top_logprobs}
+        elif ask:
+            body["logprobs"] = c.top_logprobs
+        try:
+            response = self._post(body)
+        except BackendError as err:
+            if ask and "logprob" in str(err).lower():
+                log.warning("%s refuses log-probabilities; matching answer text instead", c.model)
+                self.logprobs = False
+                return self._complete(prompt, max_tokens, stop, want_logprobs=False)
+            raise
+        return _parse(response, c.api)
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        url = c.base_url.rstrip("/") + ("/chat/completions" if c.api == "chat" else "/completions")
+        key = hashlib.sha256(json.dumps([url, body], sort_keys=True).encode()).hexdigest()
+        cached = c.cache / key[:2] / f"{key}.json" if c.cache else None
+        if cached is not None and cached.is_file():
+            self.cache_hits += 1
+            return dict(json.loads(cached.read_text()))
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get(c.api_key_env):
+            headers["Authorization"] = f"Bearer {os.environ[c.api_key_env]}"
+        data = json.dumps(body).encode()
+        for attempt in range(c.retries + 1):
+            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            try:
+                self.calls += 1
+                with urllib.request.urlopen(request, timeout=c.timeout) as reply:
+                    response = json.loads(reply.read())
+                break
+            except urllib.error.HTTPError as err:
+                detail = err.read().decode("utf-8", "replace")[:300]
+                if (err.code != 429 and err.code < 500) or attempt == c.retries:
+                    raise BackendError(f"{url} answered HTTP {err.code}: {detail}") from None
+                wait = _retry_after(err) or c.backoff * 2**attempt
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                if attempt == c.retries:
+                    raise BackendError(
+                        f"{url} did not answer after {c.retries + 1} attempts: {err}"
+                    ) from None
+                wait = c.backoff * 2**attempt
+            log.warning("request to %s failed; retry %d in %.1f s", url, attempt + 1, wait)
+            time.sleep(wait)
+        if cached is not None:
+            atomic_write_json(cached, response)
+        return dict(response)
+
+
+def _retry_after(err: urllib.error.HTTPError) -> float | None:
+    value = err.headers.get("Retry-After") if err.headers else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _parse(response: dict[str, Any], api: str) -> tuple[str, dict[str, float]]:
+    """Text and first-token top log-probabilities of an OpenAI (chat) completion response."""
+    try:
+        choice = response["choices"][0]
+        text = choice["message"]["content"] if api == "chat" else choice["text"]
+        logprobs = choice.get("logprobs") or {}
+        top: dict[str, float] = {}
+        if api == "chat" and logprobs.get("content"):
+            first = logprobs["content"][0]
+            top = {t["token"]: float(t["logprob"]) for t in first.get("top_logprobs") or []}
+        elif api != "chat" and logprobs.get("top_logprobs"):
+            top = {t: float(v) for t, v in (logprobs["top_logprobs"][0] or {}).items()}
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise BackendError(
+            f"the endpoint's response is not an OpenAI {api} completion ({err!r}): "
+            f"{json.dumps(response)[:200]}"
+        ) from None
+    return str(text or ""), top
+
+
+def _match_label(text: str, top: dict[str, float], verbalizers: dict[str, str]) -> Choice:
+    """The label the answer names: by the first token's log-probabilities when a listed token
+    starts exactly one verbalizer, else by the text (the longest verbalizer it starts with, then
+    the first verbalizer it mentions)."""
+    scores: dict[str, float] = {}
+    for token, logprob in top.items():
+        piece = token.strip().lower()
+        if not piece:
+            continue
+        hits = [lab for lab, verb in verbalizers.items() if verb.lower().startswith(piece)]
+        if len(hits) == 1:
+            scores[hits[0]] = max(scores.get(hits[0], float("-inf")), logprob)
+    if scores:
+        best = max(scores, key=lambda lab: scores[lab])
+        return Choice(best, [scores.get(lab, float("-inf")) for lab in verbalizers], text)
+    answer = text.strip().lower()
+    by_length = sorted(verbalizers.items(), key=lambda kv: -len(kv[1]))
+    for label, verb in by_length:
+        if answer.startswith(verb.lower()):
+            return Choice(label, None, text)
+    found = [
+        (answer.find(verb.lower()), label) for label, verb in by_length if verb.lower() in answer
+    ]
+    return Choice(min(found)[1] if found else None, None, text)

@@ -1,0 +1,362 @@
+"""SuperICL (Xu et al. 2023): the large model reads k demonstrations, each with a small plug-in
+model's prediction and confidence beside the gold label, then the test input with the plug-in's
+prediction, and gives the final label.
+
+`run_supericl` measures it against both baselines in one pass over the same examples: in-context
+learning alone (same demonstrations, no plug-in lines), the plug-in alone, SuperICL, and the
+paper's ablations (no confidences; no demonstrations).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from frozenlm.demos import DemoSelector
+from frozenlm.errors import ConfigError, DataError
+from frozenlm.evaluate import Report
+from frozenlm.metrics import Interval, bootstrap, majority_label
+from frozenlm.prompting import PromptConfig, Prompter, RenderedPrompt
+from frozenlm.supericl.backends import EXPLAIN_CUE, Backend, Choice
+from frozenlm.supericl.plugin_model import PluginClassifier, PluginPrediction
+from frozenlm.tasks.spec import Example, Task
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("icl", "supericl", "supericl_no_confidence", "supericl_no_demos")
+"""ICL alone, SuperICL, and the two ablations, in the order they run."""
+
+
+@dataclass(frozen=True)
+class SuperICLConfig:
+    """How the SuperICL context is built and what is measured."""
+
+    shots: int = 8
+    """Demonstrations k (the paper used 32 with a 4k-token model; 8 fit every built-in task in
+    2,048 tokens)."""
+    selection: Literal["random", "balanced"] = "balanced"
+    """A fixed seeded sample of train, or one with the same count per label."""
+    plugin_name: str = "MiniLM"
+    """The plug-in's name as the large model reads it ("RoBERTa-Large" in the paper)."""
+    in_sample_demos: bool = False
+    """Train the plug-in on the demonstrations too, as the published script did (its confidences
+    on them are then inflated). By default they are left out of its training."""
+    chat_template: bool = False
+    """Local backend: wrap the context in the backbone's chat template (the paper used plain
+    completion text)."""
+    explanation: bool = False
+    """Ask for a short explanation wherever SuperICL's label differs from the plug-in's."""
+    variants: tuple[str, ...] = VARIANTS
+    """What to run besides the plug-in alone: "icl", "supericl" and the ablations
+    "supericl_no_confidence", "supericl_no_demos"."""
+    split: str = "test"
+    limit: int | None = None
+    """Evaluate the first N examples of the split."""
+    max_prompt_tokens: int = 2048
+    """Context budget; demonstrations are dropped (never the test input) to fit."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shots < 0:
+            raise ConfigError(f"shots must be >= 0, got {self.shots}")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or "supericl" not in self.variants:
+            raise ConfigError(
+                f"variants must include 'supericl' and come from {', '.join(VARIANTS)}; "
+                f"got {', '.join(self.variants)}"
+            )
+        if self.selection not in ("random", "balanced"):
+            raise ConfigError(
+                f"SuperICL demonstrations are a fixed sample: selection must be random or "
+                f"balanced, not '{self.selection}'"
+            )
+
+
+@dataclass
+class SuperICLResult:
+    task: str
+    backend: str
+    config: SuperICLConfig
+    plugin: dict[str, Any]
+    n: int
+    metrics: dict[str, float | None]
+    intervals: dict[str, Interval]
+    context_tokens: dict[str, float]
+    """Mean prompt tokens per prediction, per variant."""
+    demos: list[str]
+    """Ids of the demonstrations."""
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "backend": self.backend,
+            "n": self.n,
+            "metrics": self.metrics,
+            "intervals": {k: v.to_json() for k, v in self.intervals.items()},
+            "context_tokens": self.context_tokens,
+            "plugin": self.plugin,
+            "demos": self.demos,
+            "config": asdict(self.config),
+            "seconds": self.seconds,
+            "calls": self.calls,
+        }
+
+    def headline(self) -> str:
+        m = self.metrics
+        lines = [f"{self.task} · SuperICL · {self.config.split} (n={self.n}, {self.backend})"]
+        for key in ("icl", "plugin", *VARIANTS[1:]):
+            if f"{key}_accuracy" in self.intervals:
+                lines.append(f"  {key}_accuracy: {self.intervals[key + '_accuracy']}")
+        rate, right = m["override_rate"], m["override_accuracy"]
+        lines.append(
+            f"  override_rate: {rate:.3f}   override_accuracy: "
+            + ("n/a (no overrides)" if right is None else f"{right:.3f}")
+        )
+        lines.append(f"  majority baseline: {m['majority_accuracy']:.3f}   {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def pick_demos(task: Task, config: SuperICLConfig) -> list[Example]:
+    """The k demonstrations from train, fixed for the whole run."""
+    if config.shots and not task.train:
+        raise DataError(f"task '{task.name}' has no training examples for demonstrations")
+    selector = DemoSelector(
+        task.train, task.spec, k=config.shots, selection=config.selection, seed=config.seed
+    )
+    probe = Example(id="<no example>", fields={}, label="")
+    return selector.select(probe)
+
+
+def plugin_note(name: str, verbalizer: str, confidence: float | None) -> str:
+    """The line SuperICL adds after an input: the plug-in's prediction (and confidence)."""
+    note = f"{name} prediction: {verbalizer}"
+    return note if confidence is None else note + f" (confidence {confidence:.2f})"
+
+
+def run_supericl(
+    task: Task,
+    backend: Backend,
+    plugin: PluginClassifier,
+    demos: Sequence[Example],
+    tokenizer: Any,
+    config: SuperICLConfig = SuperICLConfig(),
+    max_tokens: int | None = None,
+) -> SuperICLResult:
+    """ICL alone, the plug-in alone, SuperICL and its ablations on the same examples.
+
+    `tokenizer` measures the context budget (`max_tokens`, default `config.max_prompt_tokens`):
+    the backbone's own for the local backend, an approximation for a remote model.
+    """
+    if task.spec.kind != "classification":
+        raise ConfigError(f"SuperICL needs a classification task; '{task.name}' is generation")
+    examples = list(task.split(config.split))[: config.limit]
+    if not examples:
+        raise DataError(f"task '{task.name}' has no examples in its {config.split} split")
+    start = time.perf_counter()
+    predicted = dict(zip(
+        [ex.id for ex in [*demos, *examples]],
+        plugin.predict([*demos, *examples]),
+        strict=True,
+    ))  # fmt: skip
+    verbalizers = task.spec.labels
+
+    def annotate(with_confidence: bool) -> Callable[[Example], str]:
+        def note(example: Example) -> str:
+            p = predicted[example.id]
+            confidence = p.confidence if with_confidence else None
+            return plugin_note(config.plugin_name, verbalizers[p.label], confidence)
+
+        return note
+
+    contexts: dict[str, tuple[Callable[[Example], str] | None, Sequence[Example]]] = {
+        "icl": (None, demos),
+        "supericl": (annotate(True), demos),
+        "supericl_no_confidence": (annotate(False), demos),
+        "supericl_no_demos": (annotate(True), []),
+    }
+    variants = {name: contexts[name] for name in VARIANTS if name in config.variants}
+    budget = max_tokens or config.max_prompt_tokens
+    answer = _answer_tokens(tokenizer, verbalizers.values())
+    choices: dict[str, list[Choice]] = {}
+    prompts: dict[str, list[RenderedPrompt]] = {}
+    for name, (note, shown) in variants.items():
+        prompt_config = PromptConfig(
+            shots=len(shown),
+            framing="label",
+            chat_template=backend.uses_chat_template,
+            seed=config.seed,
+        )
+        prompter = Prompter(
+            task.spec, tokenizer, prompt_config, max_tokens=budget, answer_tokens=answer,
+            annotate=note,
+        )  # fmt: skip
+        prompts[name] = [prompter.render(ex, shown) for ex in examples]
+        log.info("%s: %s", task.name, name)
+        choices[name] = backend.choose(task, prompter, prompts[name])
+
+    rows = _rows(examples, predicted, choices)
+    if config.explanation:
+        _explain(backend, rows, prompts["supericl"], verbalizers)
+    result = SuperICLResult(
+        task=task.name,
+        backend=backend.name,
+        config=config,
+        plugin=_plugin_summary(plugin),
+        n=len(examples),
+        metrics={},
+        intervals={},
+        context_tokens={
+            name: sum(len(p.ids) for p in ps) / len(ps) for name, ps in prompts.items()
+        },
+        demos=[d.id for d in demos],
+        predictions=rows,
+    )
+    _score(result, task, examples, rows, choices, config.seed)
+    result.seconds = time.perf_counter() - start
+    result.calls = {
+        "requests": int(getattr(backend, "calls", 0)),
+        "cache_hits": int(getattr(backend, "cache_hits", 0)),
+    }
+    dropped = sum(p.dropped_demos > 0 for p in prompts["supericl"])
+    if dropped:
+        log.warning(
+            "%d of %d SuperICL prompts dropped demonstrations to fit %d tokens",
+            dropped,
+            len(examples),
+            budget,
+        )
+    return result
+
+
+def _answer_tokens(tokenizer: Any, verbalizers: Any) -> int:
+    """Tokens to reserve for the longest answer (with a leading space, plus one spare)."""
+    ids = [tokenizer(" " + v, add_special_tokens=False)["input_ids"] for v in verbalizers]
+    return max(len(i) for i in ids) + 1
+
+
+def _rows(
+    examples: Sequence[Example],
+    plugin: dict[str, PluginPrediction],
+    choices: dict[str, list[Choice]],
+) -> list[dict[str, Any]]:
+    rows = []
+    for i, ex in enumerate(examples):
+        p = plugin[ex.id]
+        row: dict[str, Any] = {
+            "id": ex.id,
+            "input": dict(ex.fields),
+            "gold": ex.label,
+            "plugin": p.label,
+            "plugin_confidence": round(p.confidence, 4),
+        }
+        for name, chosen in choices.items():
+            row[name] = chosen[i].label
+            if chosen[i].raw is not None:
+                row[f"{name}_answer"] = chosen[i].raw
+        row["override"] = row["supericl"] != p.label
+        rows.append(row)
+    return rows
+
+
+def _explain(
+    backend: Backend,
+    rows: list[dict[str, Any]],
+    prompts: Sequence[RenderedPrompt],
+    verbalizers: Any,
+) -> None:
+    """Ask why, wherever SuperICL's label differs from the plug-in's; stored with the row."""
+    asked = [i for i, row in enumerate(rows) if row["override"] and row["supericl"] is not None]
+    texts = [prompts[i].text + " " + verbalizers[rows[i]["supericl"]] + EXPLAIN_CUE for i in asked]
+    for i, explanation in zip(asked, backend.explain(texts), strict=True):
+        rows[i]["explanation"] = explanation
+
+
+def _score(
+    result: SuperICLResult,
+    task: Task,
+    examples: Sequence[Example],
+    rows: list[dict[str, Any]],
+    choices: dict[str, list[Choice]],
+    seed: int,
+) -> None:
+    def accuracy(key: str) -> Interval:
+        return bootstrap([float(r[key] == r["gold"]) for r in rows], seed=seed)
+
+    result.intervals["plugin_accuracy"] = accuracy("plugin")
+    for name in choices:
+        result.intervals[f"{name}_accuracy"] = accuracy(name)
+    majority = majority_label([ex.label for ex in task.train])
+    result.intervals["majority_accuracy"] = bootstrap(
+        [float(ex.label == majority) for ex in examples], seed=seed
+    )
+    overrides = [r for r in rows if r["override"]]
+    metrics: dict[str, float | None] = {k: v.value for k, v in result.intervals.items()}
+    metrics["override_rate"] = len(overrides) / len(rows)
+    metrics["override_accuracy"] = (
+        sum(r["supericl"] == r["gold"] for r in overrides) / len(overrides) if overrides else None
+    )
+    metrics["overrides"] = len(overrides)
+    for name, chosen in choices.items():
+        metrics[f"{name}_unmatched"] = sum(c.label is None for c in chosen)
+    result.metrics = metrics
+
+
+def _plugin_summary(plugin: PluginClassifier) -> dict[str, Any]:
+    keep = ("name", "encoder", "train_examples", "train_seconds", "dev_accuracy", "best_epoch")
+    return {k: plugin.info[k] for k in keep if k in plugin.info} | {
+        "parameters": plugin.num_parameters
+    }
+
+
+def as_report(result: SuperICLResult, variant: str, fingerprint: str = "") -> Report:
+    """One variant of a SuperICL run ("plugin", "icl", "supericl", ...) as an `evaluate.Report`,
+    the shape `compare` reads."""
+    key = f"{variant}_accuracy"
+    if key not in result.intervals:
+        raise ConfigError(f"the SuperICL run has no variant '{variant}'")
+    tokens = 0.0 if variant == "plugin" else result.context_tokens[variant]
+    return Report(
+        task=result.task,
+        method=variant,
+        backbone=result.backend,
+        fingerprint=fingerprint,
+        split=result.config.split,
+        n=result.n,
+        metrics={"accuracy": result.intervals[key]},
+        baseline={"accuracy": result.intervals["majority_accuracy"]},
+        seconds=result.seconds,
+        examples_per_s=result.n / result.seconds if result.seconds else 0.0,
+        config=asdict(result.config),
+        prompt_stats={"mean_prompt_tokens": tokens},
+    )
+
+
+def plugin_report(
+    plugin: PluginClassifier, task: Task, examples: Sequence[Example], seed: int = 0
+) -> Report:
+    """The plug-in classifier alone on `examples`, as an `evaluate.Report`."""
+    start = time.perf_counter()
+    predicted = plugin.predict(examples)
+    seconds = time.perf_counter() - start
+    majority = majority_label([ex.label for ex in task.train])
+    hits = [float(p.label == ex.label) for p, ex in zip(predicted, examples, strict=True)]
+    chance = [float(ex.label == majority) for ex in examples]
+    return Report(
+        task=task.name,
+        method="plugin",
+        backbone=plugin.name,
+        fingerprint="",
+        split="",
+        n=len(examples),
+        metrics={"accuracy": bootstrap(hits, seed=seed)},
+        baseline={"accuracy": bootstrap(chance, seed=seed)},
+        seconds=seconds,
+        examples_per_s=len(examples) / seconds if seconds > 0 else 0.0,
+        prompt_stats={"mean_prompt_tokens": 0.0},
+    )
