@@ -65,13 +65,17 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 @contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide transformers' per-load progress bars (a folder loads in about a second)."""
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-load progress bars and load reports (a folder loads in about a
+    second; a new classification head is expected to be missing from the checkpoint)."""
     was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()
 
@@ -209,7 +213,7 @@ class Backbone:
         if path is None or str(path) == "default":
             folder = embedded_model_folder()
             meta = json.loads((folder / _MARKER).read_text())
-            with _quiet_loading():
+            with quiet_loading():
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(folder)
             return cls(
@@ -229,7 +233,7 @@ class Backbone:
             )
         config = AutoConfig.from_pretrained(folder)
         try:
-            with _quiet_loading():
+            with quiet_loading():
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         except ValueError as err:
             raise ConfigError(

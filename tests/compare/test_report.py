@@ -72,3 +72,15 @@ def test_shift_table_pairs_in_domain_and_shifted_results() -> None:
     lines = shift_table([cell])
     assert lines[0] == "| method | t (in-domain) | t -> u (shifted) |"
     assert lines[2] == "| soft-prompt | 0.800 [0.780, 0.820] | 0.600 [0.550, 0.650] |"
+
+
+def test_the_supericl_line_needs_both_baselines_beaten() -> None:
+    cells = [_cell("supericl", 0.9), _cell("plugin", 0.8), _cell("few-shot", 0.6)]
+    line = next(x for x in ranking_check(cells, ["t"]) if "SuperICL" in x)
+    assert ": holds — supericl 0.900, plugin 0.800, few-shot 0.600" in line
+    cells[1] = _cell("plugin", 0.91)
+    line = next(x for x in ranking_check(cells, ["t"]) if "SuperICL" in x)
+    assert "not distinguishable from a baseline" in line
+    cells[1] = _cell("plugin", 0.99)
+    line = next(x for x in ranking_check(cells, ["t"]) if "SuperICL" in x)
+    assert "does not hold" in line

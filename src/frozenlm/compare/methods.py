@@ -25,15 +25,15 @@ from frozenlm.peft_prompt import PeftPromptConfig, train_peft_prompt
 from frozenlm.plugins import SoftTokenSource
 from frozenlm.plugins.registry import load_plugin, plugin_meta
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
-from frozenlm.supericl import (
-    LocalBackend,
-    PluginClassifier,
-    PluginTrainConfig,
+from frozenlm.supericl.backends import LocalBackend
+from frozenlm.supericl.plugin_model import PluginClassifier, PluginTrainConfig
+from frozenlm.supericl.run import (
     SuperICLConfig,
+    as_report,
     pick_demos,
+    plugin_report,
     run_supericl,
 )
-from frozenlm.supericl.run import as_report, plugin_report
 from frozenlm.tasks import Example, Task
 from frozenlm.train import TrainConfig, train
 
@@ -71,7 +71,7 @@ class Budget:
 
 
 BUDGETS = {
-    "quick": Budget("quick", steps=20, batch_size=4, eval_every=10, dev_limit=40,
+    "quick": Budget("quick", steps=20, batch_size=4, eval_every=10, dev_limit=24,
                     test_limit=100, train_sizes=(16, 128),
                     partner_methods=("zero-shot", "soft-prompt", "lora")),
     "full": Budget("full", steps=150, batch_size=8, eval_every=25, dev_limit=200,

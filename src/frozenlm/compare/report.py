@@ -107,8 +107,8 @@ def cost_table(cells: Sequence[dict[str, Any]], backbone_bytes: int) -> list[str
     lines = [
         "| task | method | labelled examples (train + dev) | trainable parameters | "
         "training s | peak training memory | stored per task | examples/s | "
-        "memory to serve 10 tasks |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "context tokens per prediction | memory to serve 10 tasks |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method), cell in headline_cells(cells).items():
         c = cell["costs"]
@@ -116,13 +116,13 @@ def cost_table(cells: Sequence[dict[str, Any]], backbone_bytes: int) -> list[str
             f"| {task} | {method} | {c['labelled_train']} + {c['labelled_dev']} | "
             f"{c['trainable_parameters']:,} | {c['train_seconds']:.0f} | "
             f"{c['train_peak_mb']:.0f} MB | {_fmt_bytes(c['stored_bytes'])} | "
-            f"{c['inference_examples_per_s']:.1f} | "
+            f"{c['inference_examples_per_s']:.1f} | {c.get('mean_prompt_tokens') or 0:.0f} | "
             f"{_fmt_bytes(serving_bytes(cell, backbone_bytes, 10))} |"
         )
     for cell in cells:
         if cell.get("status") == "skipped":
             lines.append(
-                f"| {cell['task']} | {cell['method']} | skipped: {cell['reason']} | | | | | | |"
+                f"| {cell['task']} | {cell['method']} | skipped: {cell['reason']} | | | | | | | |"
             )
     return _unique(lines)
 
@@ -252,6 +252,26 @@ def ranking_check(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list
         lines.append(
             f"- Data needed on {task} to beat the best prompt design ({target:.3f}), "
             f"fine-tuning needs more labelled data than prompt tuning: {verdict} — {shown}."
+        )
+
+    # SuperICL (Xu et al. 2023): better than both the plug-in alone and in-context learning.
+    for task in tasks:
+        sic, alone = heads.get((task, "supericl")), heads.get((task, "plugin"))
+        icl = heads.get((task, "few-shot"))
+        if sic is None or alone is None or icl is None:
+            continue
+        first, second = _compare(sic, alone), _compare(sic, icl)
+        verdict = (
+            "holds"
+            if (first, second) == ("higher", "higher")
+            else "not distinguishable from a baseline at this test size"
+            if "tied" in (first, second) and "lower" not in (first, second)
+            else "does not hold"
+        )
+        lines.append(
+            f"- SuperICL on {task} beats both the plug-in alone and few-shot prompting: {verdict} "
+            f"— supericl {sic['test']['value']:.3f}, plugin {alone['test']['value']:.3f}, "
+            f"few-shot {icl['test']['value']:.3f}."
         )
 
     # 3. Training cost: the same order of magnitude.

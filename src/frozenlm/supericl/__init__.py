@@ -1,21 +1,33 @@
 """SuperICL: a small fine-tuned plug-in's predictions and confidences in the large model's
-context (Xu et al. 2023), on the local frozen backbone or any OpenAI-compatible endpoint."""
+context (Xu et al. 2023), on the local frozen backbone or any OpenAI-compatible endpoint.
 
-from frozenlm.supericl.backends import LocalBackend, OpenAIBackend, OpenAIConfig
-from frozenlm.supericl.job import get_plugin, supericl_job
-from frozenlm.supericl.plugin_model import PluginClassifier, PluginTrainConfig
-from frozenlm.supericl.run import SuperICLConfig, SuperICLResult, pick_demos, run_supericl
+Names are imported on first use (PEP 562, as in `frozenlm`), so the CLI can register the
+`supericl` command without loading torch.
+"""
 
-__all__ = [
-    "LocalBackend",
-    "OpenAIBackend",
-    "OpenAIConfig",
-    "PluginClassifier",
-    "PluginTrainConfig",
-    "SuperICLConfig",
-    "SuperICLResult",
-    "get_plugin",
-    "pick_demos",
-    "run_supericl",
-    "supericl_job",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LocalBackend": "frozenlm.supericl.backends",
+    "OpenAIBackend": "frozenlm.supericl.backends",
+    "OpenAIConfig": "frozenlm.supericl.backends",
+    "get_plugin": "frozenlm.supericl.job",
+    "supericl_job": "frozenlm.supericl.job",
+    "PluginClassifier": "frozenlm.supericl.plugin_model",
+    "PluginTrainConfig": "frozenlm.supericl.plugin_model",
+    "SuperICLConfig": "frozenlm.supericl.run",
+    "SuperICLResult": "frozenlm.supericl.run",
+    "pick_demos": "frozenlm.supericl.run",
+    "run_supericl": "frozenlm.supericl.run",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'frozenlm.supericl' has no attribute '{name}'")

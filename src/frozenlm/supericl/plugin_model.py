@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from frozenlm.atomic import build_folder
+from frozenlm.backbone import quiet_loading
 from frozenlm.demos import default_encoder_path
 from frozenlm.errors import CheckpointError, ConfigError, DataError
 from frozenlm.tasks.spec import Example, Task, TaskSpec
@@ -111,12 +112,13 @@ class PluginClassifier:
         labels = list(task.spec.labels)
         torch.manual_seed(config.seed)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-        )
+        with quiet_loading():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+            )
         plugin = cls(model, tokenizer, task.spec, {"name": name, "encoder": str(path)})
         plugin._fit(pool, list(task.dev[: config.dev_limit]), config)
         plugin.info["excluded_ids"] = sorted(skip)
@@ -162,7 +164,8 @@ class PluginClassifier:
                     f"'{spec.name}'"
                 )
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(folder)
+            with quiet_loading():
+                model = AutoModelForSequenceClassification.from_pretrained(folder)
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as err:
             raise CheckpointError(

@@ -218,6 +218,9 @@ def run_supericl(
         predictions=rows,
     )
     _score(result, task, examples, rows, choices, config.seed)
+    # What the demonstrations teach: how often the plug-in shown in them was right.
+    right = [predicted[d.id].label == d.label for d in demos]
+    result.metrics["plugin_demo_accuracy"] = sum(right) / len(right) if right else None
     result.seconds = time.perf_counter() - start
     result.calls = {
         "requests": int(getattr(backend, "calls", 0)),
