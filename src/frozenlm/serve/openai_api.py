@@ -72,12 +72,22 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
     def token_text(token: int) -> str:
         return str(backbone.tokenizer.decode([token]))
 
-    def usage(prompt: int, generated: Generation) -> dict[str, int]:
-        n = len(generated.tokens)
-        return {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
-
-    def finish(generated: Generation, max_tokens: int) -> str:
-        return "length" if len(generated.tokens) >= max_tokens else "stop"
+    def envelope(
+        kind: str, choice: dict[str, Any], prompt: int, out: Generation, max_tokens: int
+    ) -> dict[str, Any]:
+        """The response around one choice: ids, finish reason and token usage."""
+        n = len(out.tokens)
+        prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
+        return {
+            "id": f"{prefix}-{uuid.uuid4().hex[:12]}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": name,
+            "choices": [
+                {"index": 0, **choice, "finish_reason": "length" if n >= max_tokens else "stop"}
+            ],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n},
+        }
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -96,20 +106,8 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
                 "token_logprobs": out.logprobs,
                 "top_logprobs": [{token_text(t): lp for t, lp in step} for step in out.top],
             }
-        choice = {
-            "index": 0,
-            "text": out.text,
-            "logprobs": logprobs,
-            "finish_reason": finish(out, request.max_tokens),
-        }
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex[:12]}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": name,
-            "choices": [choice],
-            "usage": usage(len(ids), out),
-        }
+        choice = {"text": out.text, "logprobs": logprobs}
+        return envelope("text_completion", choice, len(ids), out, request.max_tokens)
 
     @app.post("/v1/chat/completions")
     async def chat(request: ChatRequest) -> dict[str, Any]:
@@ -138,19 +136,7 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
                     )
                 ]
             }
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": out.text},
-            "logprobs": logprobs,
-            "finish_reason": finish(out, request.max_tokens),
-        }
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": name,
-            "choices": [choice],
-            "usage": usage(len(ids), out),
-        }
+        choice = {"message": {"role": "assistant", "content": out.text}, "logprobs": logprobs}
+        return envelope("chat.completion", choice, len(ids), out, request.max_tokens)
 
     return app
