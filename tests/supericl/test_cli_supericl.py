@@ -41,6 +41,14 @@ def test_supericl_writes_metrics_predictions_and_a_record(
     assert "supericl_accuracy" in printed and "record:" in printed
     assert not (tmp_path / "r.plugin").exists()  # a user's plug-in is not copied
 
+    # The run is recorded, so it replays on another backbone beside the original.
+    runs = tmp_path / "runs"
+    assert main(["--runs-dir", str(runs), *argv]) == 0
+    (record,) = runs.glob("*.json")
+    assert main(["--runs-dir", str(runs), "rerun", str(record), "--backbone", "tiny"]) == 0
+    replayed = json.loads((tmp_path / "r.tiny.json").read_text())
+    assert replayed["metrics"] == data["metrics"]  # the same weights: the same numbers
+
 
 @pytest.mark.parametrize(
     ("extra", "message"),

@@ -180,7 +180,8 @@ class PluginClassifier:
         """Model, tokenizer and `frozenlm-plugin.json`, written atomically (safetensors)."""
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            with quiet_loading():
+                self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             info = {**self.info, "task": self.spec.name, "labels": self.labels}
             (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
