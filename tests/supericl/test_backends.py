@@ -13,7 +13,13 @@ from typing import ClassVar
 import pytest
 
 from conftest import LocalServer
-from frozenlm.supericl.backends import BackendError, OpenAIBackend, OpenAIConfig, _match_label
+from frozenlm.supericl.backends import (
+    BackendError,
+    OpenAIBackend,
+    OpenAIConfig,
+    _match_label,
+    first_paragraph,
+)
 
 VERBS = {"pos": "positive", "neg": "negative", "neu": "neutral"}
 
@@ -118,3 +124,10 @@ def test_an_unreachable_endpoint_names_itself_after_the_retries(tmp_path: Path) 
     )
     with pytest.raises(BackendError, match=r"127\.0\.0\.1:9/v1/completions did not answer after 2"):
         backend._complete("x", 2, stop=["\n"])
+
+
+def test_an_explanation_is_its_first_non_empty_paragraph() -> None:
+    assert first_paragraph("\n\n Because the question asks for a person.\n\nLabel: x") == (
+        "Because the question asks for a person."
+    )
+    assert first_paragraph("\n \n") == ""

@@ -89,9 +89,9 @@ class LocalBackend:
     def explain(self, prompts: Sequence[str]) -> list[str]:
         tokenizer = self.backbone.tokenizer
         rows = [[list(tokenizer(text, add_special_tokens=False)["input_ids"])] for text in prompts]
-        config = GenerationConfig(max_new_tokens=EXPLAIN_TOKENS, stop=("\n\n",))
+        config = GenerationConfig(max_new_tokens=EXPLAIN_TOKENS, stop=())
         return [
-            generate(self.backbone, [row], config)[0]
+            first_paragraph(generate(self.backbone, [row], config)[0])
             for row in tqdm(rows, desc="explanations", disable=None, leave=False)
         ]
 
@@ -147,10 +147,8 @@ class OpenAIBackend:
         return out
 
     def explain(self, prompts: Sequence[str]) -> list[str]:
-        return [
-            self._complete(p, EXPLAIN_TOKENS, stop=["\n\n"], want_logprobs=False)[0]
-            for p in prompts
-        ]
+        texts = [self._complete(p, EXPLAIN_TOKENS, [], want_logprobs=False)[0] for p in prompts]
+        return [first_paragraph(text) for text in texts]
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -163,8 +161,9 @@ class OpenAIBackend:
             "model": c.model,
             "max_tokens": max_tokens,
             "temperature": 0,
-            "stop": stop,
         }
+        if stop:
+            body["stop"] = stop
         if c.api == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
@@ -219,6 +218,11 @@ class OpenAIBackend:
         if cached is not None:
             atomic_write_json(cached, response)
         return dict(response)
+
+
+def first_paragraph(text: str) -> str:
+    """The first non-empty paragraph: models often open an explanation with a blank line."""
+    return next((p.strip() for p in text.split("\n\n") if p.strip()), "")
 
 
 def _retry_after(err: urllib.error.HTTPError) -> float | None:
