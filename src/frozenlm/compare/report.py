@@ -350,7 +350,8 @@ def _plot_learning_curves(
         ticks = sorted(
             {max(c["costs"]["labelled_train"], 1) for c in done if c["method"] != "zero-shot"}
         )
-        ax.set_xticks(ticks, [str(t) for t in ticks])
+        kept = [t for i, t in enumerate(ticks) if i + 1 == len(ticks) or ticks[i + 1] > t * 1.15]
+        ax.set_xticks(kept, [str(t) for t in kept])  # close sizes (124 beside 128) share one
         ax.minorticks_off()
         ax.set_title(task)
         ax.set_xlabel("labelled training examples (log)")
