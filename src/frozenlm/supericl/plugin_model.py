@@ -109,15 +109,11 @@ class PluginClassifier:
             raise DataError(f"task '{task.name}' has no training examples for the plug-in")
         pool = balanced_sample(pool, config.max_train, config.seed)
         path = encoder or default_encoder_path()
-        labels = list(task.spec.labels)
         torch.manual_seed(config.seed)
         tokenizer = AutoTokenizer.from_pretrained(path)
         with quiet_loading():
             model = AutoModelForSequenceClassification.from_pretrained(
-                path,
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)},
+                path, **_head_labels(task.spec)
             )
         plugin = cls(model, tokenizer, task.spec, {"name": name, "encoder": str(path)})
         plugin._fit(pool, list(task.dev[: config.dev_limit]), config)
@@ -129,7 +125,6 @@ class PluginClassifier:
         """An untrained 2-layer BERT over MiniLM's vocabulary, for unit tests."""
         path = encoder or default_encoder_path()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        labels = list(task.spec.labels)
         torch.manual_seed(seed)
         config = BertConfig(  # type: ignore[call-arg]
             vocab_size=tokenizer.vocab_size,
@@ -138,9 +133,7 @@ class PluginClassifier:
             num_attention_heads=2,
             intermediate_size=64,
             max_position_embeddings=512,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
+            **_head_labels(task.spec),
         )
         model = BertForSequenceClassification(config)
         return cls(model, tokenizer, task.spec, {"name": "TinyBERT", "encoder": "tiny"})
@@ -268,6 +261,16 @@ class PluginClassifier:
             history=history,
             config=asdict(config),
         )
+
+
+def _head_labels(spec: TaskSpec) -> dict[str, Any]:
+    """A new classification head's size and label names: the task's labels, in order."""
+    labels = list(spec.labels)
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
 
 
 def _label_order(config: Any, spec: TaskSpec) -> list[str]:
