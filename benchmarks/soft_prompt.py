@@ -64,7 +64,7 @@ def frozenlm_step_fn(backbone: Backbone, prefixes, targets) -> Callable[[], floa
     optimizer = make_optimizer(list(plugin.parameters()), TrainConfig())
 
     def step() -> float:
-        soft = plugin.soft_tokens(spec.name, [None] * len(prefixes))  # type: ignore[list-item]
+        soft = [plugin.prompt(spec.name)] * len(prefixes)
         loss = batch_loss(backbone, soft, prefixes, targets)
         loss.backward()
         optimizer.step()
@@ -226,7 +226,7 @@ def main() -> None:
         )
         candidates = [prompter.continuation_ids(v) for v in task.spec.labels.values()]
         examples = list(task.test[:8])
-        softs = prompts.soft_tokens(task.name, examples)
+        softs = prompts.soft_tokens(task.spec, examples)
         per_task.append(
             [
                 ScoreRequest([s.detach(), prompter.render(ex).ids], candidates)

@@ -156,8 +156,9 @@ def _eval_plugin(args: argparse.Namespace) -> int:
     train_config = checkpoint.meta.get("train_config", {})
     reports = []
     tasks = []
+    reads_input = not getattr(plugin, "input_independent", True)
     for name in names:
-        if name not in sources:
+        if name not in sources and not reads_input:
             raise ConfigError(
                 f"the plug-in in '{args.plugin}' was trained for {', '.join(sources)}, not '{name}'"
             )
@@ -168,7 +169,8 @@ def _eval_plugin(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             seed=args.seed,
         )
-        task = load_task(sources[name], seed=train_config.get("seed", 0))
+        # An input-dependent generator reads any task's instruction: unseen tasks are allowed.
+        task = load_task(sources.get(name, name), seed=train_config.get("seed", 0))
         report = evaluate(backbone, task, config, plugin=plugin)  # type: ignore[arg-type]
         reports.append(report)
         tasks.append(task)
@@ -184,6 +186,7 @@ def _eval_ensemble(args: argparse.Namespace, backbone: Any) -> int:
     from frozenlm.ensemble import evaluate_ensemble
     from frozenlm.evaluate import EvalConfig
     from frozenlm.plugins.registry import load_plugin
+    from frozenlm.plugins.soft_prompt import SoftPromptSet
     from frozenlm.tasks import load_task
 
     if not args.task or "," in args.task:
@@ -196,7 +199,10 @@ def _eval_ensemble(args: argparse.Namespace, backbone: Any) -> int:
         )
         if args.task not in checkpoint.meta["task_sources"]:
             raise ConfigError(f"the plug-in in '{folder}' has no prompt for task '{args.task}'")
-        prompts.append(plugin.soft_tokens(args.task, [None])[0])  # type: ignore[operator]
+        if not isinstance(plugin, SoftPromptSet):
+            kind = checkpoint.meta["kind"]
+            raise ConfigError(f"'{folder}' holds a {kind}; only soft prompts form an ensemble")
+        prompts.append(plugin.prompt(args.task))
         source = checkpoint.meta["task_sources"][args.task]
         chat = checkpoint.meta.get("train_config", {}).get("chat_template", True)
     config = EvalConfig(split=args.split, limit=args.limit, chat_template=chat, seed=args.seed)
@@ -209,23 +215,39 @@ def _eval_ensemble(args: argparse.Namespace, backbone: Any) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from frozenlm.backbone import resolve_backbone
+    from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
+    from frozenlm.plugins.registry import plugin_kind
     from frozenlm.plugins.soft_prompt import SoftPromptConfig
     from frozenlm.train import TrainConfig, train_plugin
 
+    kind = plugin_kind(args.method)
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
-        optimizer=args.optimizer,
-        lr=args.lr,
+        optimizer=args.optimizer or kind.optimizer,
+        lr=args.lr or kind.lr,
         weight_decay=args.weight_decay,
         eval_every=args.eval_every,
         eval_limit=args.eval_limit,
         patience=args.patience,
         seed=args.seed,
         chat_template=not args.no_chat_template,
+        task_cap=args.task_cap,
     )
-    plugin_config = SoftPromptConfig(length=args.prompt_length, init=args.init).to_json()
+    if args.method == "id-pt":
+        if args.shared_prompt:
+            raise ConfigError("--shared-prompt applies to soft prompts, not to id-pt")
+        plugin_config = PromptGeneratorConfig(
+            length=args.prompt_length,
+            encoder=args.encoder,
+            width=args.generator_width,
+            layers=args.generator_layers,
+        ).to_json()
+    else:
+        plugin_config = SoftPromptConfig(
+            length=args.prompt_length, init=args.init, shared=args.shared_prompt
+        ).to_json()
     backbone = resolve_backbone(args.backbone)
     result = train_plugin(
         backbone,
@@ -427,17 +449,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone(ev)
     ev.set_defaults(func=_cmd_eval)
 
-    tr = sub.add_parser("train", help="train a plug-in (soft prompt) on one or more tasks")
+    tr = sub.add_parser(
+        "train",
+        help="train a plug-in (soft prompt or ID-PT prompt generator) on one or more tasks",
+        description="Train one plug-in on the tasks named, in mixed-task batches. soft-prompt: "
+        "one prompt per task (or one for all with --shared-prompt); id-pt: one generator that "
+        "writes each input's prompt from its instruction and text.",
+    )
     tr.add_argument("--task", required=True, help="task names or files, comma-separated")
-    tr.add_argument("--method", choices=["soft-prompt"], default="soft-prompt")
+    tr.add_argument("--method", choices=["soft-prompt", "id-pt"], default="soft-prompt")
     tr.add_argument("--out", required=True, help="output folder (best/ and last/ checkpoints)")
-    tr.add_argument("--prompt-length", type=int, default=20, help="soft prompt vectors")
+    tr.add_argument("--prompt-length", type=int, default=20, help="soft tokens per input")
     tr.add_argument("--init", choices=["class-labels", "vocab", "random"], default="class-labels")
+    tr.add_argument(
+        "--shared-prompt", action="store_true", help="soft-prompt: one prompt for every task"
+    )
+    tr.add_argument(
+        "--encoder",
+        choices=["backbone-embeddings", "minilm"],
+        default="backbone-embeddings",
+        help="id-pt: the frozen encoder the generator reads the input with",
+    )
+    tr.add_argument("--generator-width", type=int, default=256, help="id-pt: attention width")
+    tr.add_argument("--generator-layers", type=int, default=1, help="id-pt: decoder layers")
+    tr.add_argument(
+        "--task-cap",
+        type=int,
+        default=None,
+        help="at most this many train examples per task (keeps a large task from drowning "
+        "the others in a multi-task mix)",
+    )
     tr.add_argument("--steps", type=int, default=150, help="optimizer steps at most")
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    tr.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor")
-    tr.add_argument("--lr", type=float, default=0.3, help="learning rate (Lester: 0.3)")
+    tr.add_argument(
+        "--optimizer",
+        choices=["adafactor", "adamw"],
+        default=None,
+        help="default: adafactor for soft-prompt (Lester), adamw for id-pt",
+    )
+    tr.add_argument(
+        "--lr", type=float, default=None, help="default: 0.3 (soft-prompt, Lester) or 1e-3 (id-pt)"
+    )
     tr.add_argument("--weight-decay", type=float, default=1e-5)
     tr.add_argument("--eval-every", type=int, default=25, help="dev evaluation every N steps")
     tr.add_argument("--eval-limit", type=int, default=200, help="dev examples per evaluation")

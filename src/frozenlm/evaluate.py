@@ -280,7 +280,7 @@ def evaluate(
     soft, shared = None, None
     if plugin is not None:
         with torch.no_grad():
-            soft = [t.detach() for t in plugin.soft_tokens(task.name, examples)]
+            soft = [t.detach() for t in plugin.soft_tokens(task.spec, examples)]
         if getattr(plugin, "input_independent", False):
             # The same soft prompt for every row: its keys and values are computed once.
             shared, soft = [soft[0]], None

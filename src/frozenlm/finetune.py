@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from frozenlm.backbone import Backbone
-from frozenlm.tasks import Example
+from frozenlm.tasks import Example, TaskSpec
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -53,7 +53,7 @@ class FineTuned(nn.Module):
         self.weights = nn.ParameterDict({_key(n): named[n] for n in trainable})
         self._width = int(model.get_input_embeddings().weight.shape[1])  # type: ignore[operator]
 
-    def soft_tokens(self, task: str, examples: Sequence[Example]) -> list[torch.Tensor]:
+    def soft_tokens(self, task: TaskSpec, examples: Sequence[Example]) -> list[torch.Tensor]:
         """No soft tokens ([0, D] per example)."""
         return [torch.zeros(0, self._width)] * len(examples)
 

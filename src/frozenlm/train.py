@@ -41,7 +41,7 @@ from frozenlm.plugins import SoftTokenSource
 from frozenlm.prefix_cache import PrefixCache, common_prefix_length
 from frozenlm.prompting import PromptConfig, Prompter
 from frozenlm.splice import IGNORE_INDEX, pack, splice
-from frozenlm.tasks import Example, Task
+from frozenlm.tasks import Example, Task, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,10 @@ class TrainConfig:
     """Render each input with the backbone's chat template around it, as zero-shot prompting."""
     save_last: bool = True
     """Save the resumable state (`last/`: weights, optimizer, RNG) at every dev evaluation."""
+    task_cap: int | None = None
+    """Multi-task training: each task contributes at most this many train rows, a seeded sample
+    (examples-proportional mixing with a cap, Raffel et al. 2020), so a large task does not
+    drown the others. None: every row of every task."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_every"):
@@ -81,6 +85,8 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.task_cap is not None and self.task_cap < 1:
+            raise ConfigError(f"task-cap must be at least 1, got {self.task_cap}")
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig(shots=0, chat_template=self.chat_template, seed=self.seed)
@@ -102,7 +108,7 @@ class TrainResult:
 class Row:
     """One training row: its task, the prompt ids and the target ids after them."""
 
-    task: str
+    task: TaskSpec
     example: Example
     prefix: list[int]
     target: list[int]
@@ -110,9 +116,13 @@ class Row:
 
 def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> list[Row]:
     """Every train example of every task as (prompt ids, target ids): zero-shot prompts whose
-    targets are the label verbalizer (classification) or the reference answer (generation)."""
+    targets are the label verbalizer (classification) or the reference answer (generation).
+    With `config.task_cap`, a task with more train examples contributes a seeded sample of them."""
     rows: list[Row] = []
     for task in tasks:
+        examples = list(task.train)
+        if config.task_cap is not None and len(examples) > config.task_cap:
+            examples = random.Random(config.seed).sample(examples, config.task_cap)
         prompter = Prompter(
             task.spec,
             backbone.tokenizer,
@@ -120,9 +130,9 @@ def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig
             max_tokens=min(backbone.max_length, 1024),
             answer_tokens=32,
         )
-        for ex in task.train:
+        for ex in examples:
             target = prompter.continuation_ids(prompter.demo_answer(ex))
-            rows.append(Row(task.name, ex, prompter.render(ex).ids, target))
+            rows.append(Row(task.spec, ex, prompter.render(ex).ids, target))
     if not rows:
         raise ConfigError("the tasks have no training examples")
     return rows
@@ -188,9 +198,9 @@ def batch_loss(
 def row_soft_tokens(plugin: SoftTokenSource, rows: Sequence[Row]) -> list[torch.Tensor]:
     """Soft tokens of each row from its task's plug-in, one call per task in the batch."""
     out: list[torch.Tensor | None] = [None] * len(rows)
-    for task in dict.fromkeys(r.task for r in rows):
-        index = [i for i, r in enumerate(rows) if r.task == task]
-        tokens = plugin.soft_tokens(task, [rows[i].example for i in index])
+    for name in dict.fromkeys(r.task.name for r in rows):
+        index = [i for i, r in enumerate(rows) if r.task.name == name]
+        tokens = plugin.soft_tokens(rows[index[0]].task, [rows[i].example for i in index])
         for i, row_tokens in zip(index, tokens, strict=True):
             out[i] = row_tokens
     return [t for t in out if t is not None]

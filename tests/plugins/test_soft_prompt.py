@@ -22,7 +22,7 @@ def _rows_of(backbone: Backbone, weights: torch.Tensor, ids: list[int]) -> bool:
 
 def test_class_label_init_starts_with_the_verbalizer_embeddings(tiny: Backbone) -> None:
     spec = load_task("sentiment").spec
-    weights = initial_prompt(tiny, SoftPromptConfig(length=6), spec, seed=0)
+    weights = initial_prompt(tiny, SoftPromptConfig(length=6), [spec], seed=0)
     label_ids = [
         i
         for word in spec.labels.values()
@@ -36,9 +36,9 @@ def test_class_label_init_starts_with_the_verbalizer_embeddings(tiny: Backbone) 
 def test_vocab_init_samples_common_tokens_and_is_seeded(tiny: Backbone) -> None:
     spec = load_task("trec").spec
     config = SoftPromptConfig(length=8, init=PromptInit.VOCAB)
-    first = initial_prompt(tiny, config, spec, seed=3)
-    assert torch.equal(first, initial_prompt(tiny, config, spec, seed=3))
-    assert not torch.equal(first, initial_prompt(tiny, config, spec, seed=4))
+    first = initial_prompt(tiny, config, [spec], seed=3)
+    assert torch.equal(first, initial_prompt(tiny, config, [spec], seed=3))
+    assert not torch.equal(first, initial_prompt(tiny, config, [spec], seed=4))
     common = common_token_ids(tiny, 5000)
     assert len(common) == 5000 and not set(common) & set(tiny.tokenizer.all_special_ids)
     assert _rows_of(tiny, first, common)
@@ -46,12 +46,12 @@ def test_vocab_init_samples_common_tokens_and_is_seeded(tiny: Backbone) -> None:
 
 def test_random_init_is_uniform_in_range(tiny: Backbone) -> None:
     config = SoftPromptConfig(length=50, init="random")  # type: ignore[arg-type]
-    weights = initial_prompt(tiny, config, load_task("trec").spec, seed=0)
+    weights = initial_prompt(tiny, config, [load_task("trec").spec], seed=0)
     assert weights.abs().max() <= 0.5 and weights.std() > 0.2
 
 
 def test_generation_tasks_fall_back_to_vocab_init(tiny: Backbone) -> None:
-    weights = initial_prompt(tiny, SoftPromptConfig(length=4), load_task("trivia").spec, seed=0)
+    weights = initial_prompt(tiny, SoftPromptConfig(length=4), [load_task("trivia").spec], seed=0)
     assert _rows_of(tiny, weights, common_token_ids(tiny, 5000))
 
 
@@ -60,7 +60,7 @@ def test_unknown_task_is_refused(tiny: Backbone) -> None:
         SoftPromptConfig(length=3), tiny, [load_task("trec").spec], 0
     )
     with pytest.raises(ConfigError, match="no prompt for task 'topic'"):
-        prompts.soft_tokens("topic", [])
+        prompts.prompt("topic")
 
 
 def test_mixed_task_batch_scores_equal_per_task_batches(tiny: Backbone) -> None:
@@ -74,10 +74,9 @@ def test_mixed_task_batch_scores_equal_per_task_batches(tiny: Backbone) -> None:
     labels = {"a": [[5], [6, 7]], "b": [[8], [9], [10, 11, 12]]}
 
     def requests(task: str) -> list[ScoreRequest]:
-        soft = prompts.soft_tokens(task, [None] * len(texts[task]))  # type: ignore[list-item]
         return [
-            ScoreRequest([s, tok.encode(t, add_special_tokens=False)], labels[task])
-            for s, t in zip(soft, texts[task], strict=True)
+            ScoreRequest([prompts.prompt(task), tok.encode(t, add_special_tokens=False)], labels[task])
+            for t in texts[task]
         ]
 
     with torch.no_grad():

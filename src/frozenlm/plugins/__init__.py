@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from frozenlm.tasks import Example
+from frozenlm.tasks import Example, TaskSpec
 
 
 class SoftTokenSource(Protocol):
@@ -20,4 +20,6 @@ class SoftTokenSource(Protocol):
 
     kind: str
 
-    def soft_tokens(self, task: str, examples: Sequence[Example]) -> list[torch.Tensor]: ...
+    def soft_tokens(self, task: TaskSpec, examples: Sequence[Example]) -> list[torch.Tensor]:
+        """One [P_b, D] tensor per example of `task` (P_b may differ between rows)."""
+        ...

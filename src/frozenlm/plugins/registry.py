@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from frozenlm.backbone import Backbone
 from frozenlm.checkpoint import Checkpoint, load_checkpoint
 from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import Task, TaskSpec
 
@@ -22,8 +23,12 @@ class PluginKind:
 
     build: Callable[[Mapping[str, Any], Backbone, Sequence[TaskSpec], int], nn.Module]
     """(plugin config JSON, backbone, task specs, seed) -> a new plug-in."""
-    restore: Callable[[Checkpoint], nn.Module]
-    """A saved checkpoint -> the plug-in."""
+    restore: Callable[[Checkpoint, Backbone], nn.Module]
+    """A saved checkpoint (already checked against the backbone) -> the plug-in."""
+    optimizer: Literal["adafactor", "adamw"]
+    """Default optimizer of its training."""
+    lr: float
+    """Default learning rate of its training."""
 
 
 def _build_soft_prompt(
@@ -32,13 +37,27 @@ def _build_soft_prompt(
     return SoftPromptSet.from_config(SoftPromptConfig.from_json(config), backbone, specs, seed)
 
 
-def _restore_soft_prompt(checkpoint: Checkpoint) -> nn.Module:
+def _restore_soft_prompt(checkpoint: Checkpoint, backbone: Backbone) -> nn.Module:
     config = SoftPromptConfig.from_json(checkpoint.meta["plugin_config"])
     return SoftPromptSet.from_tensors(checkpoint.tensors, config)
 
 
+def _build_generator(
+    config: Mapping[str, Any], backbone: Backbone, specs: Sequence[TaskSpec], seed: int
+) -> nn.Module:
+    return PromptGenerator.from_config(PromptGeneratorConfig.from_json(config), backbone, seed)
+
+
+def _restore_generator(checkpoint: Checkpoint, backbone: Backbone) -> nn.Module:
+    config = PromptGeneratorConfig.from_json(checkpoint.meta["plugin_config"])
+    return PromptGenerator.from_tensors(checkpoint.tensors, config, backbone)
+
+
 PLUGINS: dict[str, PluginKind] = {
-    "soft-prompt": PluginKind(build=_build_soft_prompt, restore=_restore_soft_prompt),
+    # Lester et al. 2021: Adafactor at a constant 0.3.
+    "soft-prompt": PluginKind(_build_soft_prompt, _restore_soft_prompt, "adafactor", 0.3),
+    # A small transformer: AdamW at 1e-3, as for the LoRA baseline.
+    "id-pt": PluginKind(_build_generator, _restore_generator, "adamw", 1e-3),
 }
 
 
@@ -89,7 +108,7 @@ def load_plugin(
     kind = checkpoint.meta.get("kind")
     if kind not in PLUGINS:
         raise CheckpointError(f"checkpoint '{path}' holds an unknown plug-in kind '{kind}'")
-    plugin = PLUGINS[kind].restore(checkpoint)
+    plugin = PLUGINS[kind].restore(checkpoint, backbone)
     plugin.requires_grad_(False)
     return plugin, checkpoint
 
@@ -108,7 +127,7 @@ def export_peft_plugin(
     if task is None and len(names) > 1:
         raise ConfigError(f"'{folder}' has prompts for {', '.join(names)}; choose one with --task")
     name = task or names[0]
-    export_peft(plugin.soft_tokens(name, [None])[0], backbone, out)  # type: ignore[list-item]
+    export_peft(plugin.prompt(name), backbone, out)
     return name
 
 

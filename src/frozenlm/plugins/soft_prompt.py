@@ -46,6 +46,9 @@ class SoftPromptConfig:
     byte-level BPE ids are ordered by merge rank, a proxy for frequency)."""
     random_range: float = 0.5
     """Half-width of the uniform range for `random` init."""
+    shared: bool = False
+    """One prompt for every task instead of one per task (the multi-task baseline that, like
+    input-dependent prompts, gets no task id); `class-labels` init then uses every task's labels."""
 
     def __post_init__(self) -> None:
         if self.length < 1:
@@ -58,6 +61,7 @@ class SoftPromptConfig:
             "init": self.init.value,
             "vocab_size": self.vocab_size,
             "random_range": self.random_range,
+            "shared": self.shared,
         }
 
     @classmethod
@@ -67,6 +71,7 @@ class SoftPromptConfig:
             init=PromptInit(data["init"]),
             vocab_size=int(data.get("vocab_size", 5000)),
             random_range=float(data.get("random_range", 0.5)),
+            shared=bool(data.get("shared", False)),
         )
 
 
@@ -80,9 +85,10 @@ def common_token_ids(backbone: Backbone, count: int) -> list[int]:
 
 
 def initial_prompt(
-    backbone: Backbone, config: SoftPromptConfig, spec: TaskSpec, seed: int
+    backbone: Backbone, config: SoftPromptConfig, specs: Sequence[TaskSpec], seed: int
 ) -> torch.Tensor:
-    """Initial prompt vectors [P, D] (fp32) for a task, deterministic for `seed`."""
+    """Initial prompt vectors [P, D] (fp32) for the tasks (one, or all that share it),
+    deterministic for `seed`."""
     rng = random.Random(seed)
     width = backbone.hidden_size
     if config.init is PromptInit.RANDOM:
@@ -90,19 +96,23 @@ def initial_prompt(
         uniform = torch.rand(config.length, width, generator=generator)
         return (uniform * 2 - 1) * config.random_range
     ids: list[int] = []
-    if config.init is PromptInit.CLASS_LABELS and spec.labels:
-        for word in spec.labels.values():
+    if config.init is PromptInit.CLASS_LABELS:
+        for word in (w for spec in specs for w in spec.labels.values()):
             label_ids = backbone.tokenizer.encode(" " + word.strip(), add_special_tokens=False)
             ids.extend(label_ids)
-        ids = ids[: config.length]
+        ids = list(dict.fromkeys(ids))[: config.length]  # tasks may share label words
     vocab = common_token_ids(backbone, config.vocab_size)
     ids += rng.sample(vocab, config.length - len(ids))
     with torch.no_grad():
         return backbone.embed(torch.tensor(ids)).float().clone()  # [P, D]
 
 
+SHARED = "*"
+"""The name of the one prompt of a shared soft prompt (`SoftPromptConfig.shared`)."""
+
+
 class SoftPromptSet(nn.Module):
-    """One soft prompt per task; rows of a batch may belong to different tasks."""
+    """One soft prompt per task (or one for all); rows of a batch may belong to different tasks."""
 
     kind = "soft-prompt"
     input_independent = True  # evaluation computes each prompt's keys and values once
@@ -119,8 +129,10 @@ class SoftPromptSet(nn.Module):
         cls, config: SoftPromptConfig, backbone: Backbone, specs: Sequence[TaskSpec], seed: int
     ) -> SoftPromptSet:
         """New prompts for `specs`, each initialised as `config.init` says."""
+        if config.shared:
+            return cls({SHARED: initial_prompt(backbone, config, specs, seed)}, config)
         prompts = {
-            spec.name: initial_prompt(backbone, config, spec, seed + i)
+            spec.name: initial_prompt(backbone, config, [spec], seed + i)
             for i, spec in enumerate(specs)
         }
         return cls(prompts, config)
@@ -129,13 +141,19 @@ class SoftPromptSet(nn.Module):
     def task_names(self) -> list[str]:
         return list(self.prompts)
 
-    def soft_tokens(self, task: str, examples: Sequence[Example]) -> list[torch.Tensor]:
-        """The prompt [P, D] of `task` for each example (the same tensor: prompts ignore input)."""
+    def prompt(self, task: str) -> torch.Tensor:
+        """The prompt [P, D] of the task named `task` (the one prompt, when shared)."""
+        if SHARED in self.prompts:
+            return self.prompts[SHARED]
         if task not in self.prompts:
             raise ConfigError(
                 f"this plug-in has no prompt for task '{task}'; it has: {', '.join(self.prompts)}"
             )
-        return [self.prompts[task]] * len(examples)
+        return self.prompts[task]
+
+    def soft_tokens(self, task: TaskSpec, examples: Sequence[Example]) -> list[torch.Tensor]:
+        """The prompt [P, D] of `task` for each example (the same tensor: prompts ignore input)."""
+        return [self.prompt(task.name)] * len(examples)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Weights to store, named `prompt.<task>`."""

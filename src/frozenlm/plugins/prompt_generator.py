@@ -1,0 +1,268 @@
+"""Input-dependent prompt tuning (ID-PT; Levine et al., AI21 2022): a small network reads each
+input and writes the soft prompt for it, so one generator serves many tasks on one frozen model.
+
+The generator reads the task's instruction and the formatted input (never a task id), encoded by
+a frozen encoder, either the backbone's own token embeddings or the packaged MiniLM sentence
+encoder. P learned queries cross-attend to that encoding through one or two transformer decoder
+layers (torch's `nn.TransformerDecoderLayer`), and a projection maps them to the backbone's
+hidden size. The projection starts at zero and adds to a learned base prompt, so an untrained
+generator is a plain soft prompt and training learns what the input should change.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from frozenlm.backbone import Backbone
+from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.plugins.soft_prompt import common_token_ids
+from frozenlm.tasks import Example, TaskSpec
+
+
+class EncoderKind(StrEnum):
+    """The frozen encoder the generator reads the input through."""
+
+    BACKBONE = "backbone-embeddings"
+    """The frozen backbone's token embeddings (no context; costs one table lookup)."""
+    MINILM = "minilm"
+    """The packaged all-MiniLM-L6-v2 encoder's last hidden states (6 layers, 384-dim)."""
+
+
+@dataclass(frozen=True)
+class PromptGeneratorConfig:
+    """Shape of an ID-PT prompt generator."""
+
+    length: int = 20
+    """Soft tokens P it writes per input (the soft prompt's default length)."""
+    encoder: EncoderKind = EncoderKind.BACKBONE
+    """Frozen encoder of the input (chosen by measurement: README, input-dependent prompts)."""
+    width: int = 256
+    """Width of the queries and of the attention layers."""
+    layers: int = 1
+    """Decoder layers (self-attention over the queries, cross-attention to the input, MLP)."""
+    heads: int = 4
+    """Attention heads."""
+    ffn: int = 512
+    """Hidden width of each layer's MLP."""
+    max_input_tokens: int = 128
+    """Encoder tokens read per input (instruction first, so a long input loses its tail)."""
+    dropout: float = 0.0
+    """Dropout inside the decoder layers."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder", EncoderKind(self.encoder))
+        for name in ("length", "width", "layers", "heads", "ffn", "max_input_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"prompt generator {name} must be at least 1")
+        if self.width % self.heads:
+            raise ConfigError(f"width {self.width} is not divisible by {self.heads} heads")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "length": self.length,
+            "encoder": self.encoder.value,
+            "width": self.width,
+            "layers": self.layers,
+            "heads": self.heads,
+            "ffn": self.ffn,
+            "max_input_tokens": self.max_input_tokens,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PromptGeneratorConfig:
+        try:
+            return cls(**{k: data[k] for k in cls().to_json() if k in data})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"bad prompt generator config {dict(data)}: {err}") from err
+
+
+def generator_text(spec: TaskSpec, example: Example) -> str:
+    """What the generator reads: the task's instruction, then the formatted input."""
+    return f"{spec.instruction}\n{spec.format_input(example)}"
+
+
+class InputEncoder(Protocol):
+    """A frozen encoder: texts -> states [B, L, E] and mask [B, L] (True on real tokens)."""
+
+    width: int
+    name: str
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _pad(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad [L_b, E] rows into states [B, L, E] and a mask [B, L]."""
+    longest = max(int(r.shape[0]) for r in rows)
+    states = rows[0].new_zeros(len(rows), longest, rows[0].shape[1])  # [B, L, E]
+    mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        states[b, : row.shape[0]] = row
+        mask[b, : row.shape[0]] = True
+    return states, mask
+
+
+class BackboneEmbeddingEncoder:
+    """The backbone's frozen token embeddings of the text: a lookup, nothing to cache."""
+
+    name = EncoderKind.BACKBONE.value
+
+    def __init__(self, backbone: Backbone, max_tokens: int) -> None:
+        self.backbone, self.max_tokens = backbone, max_tokens
+        self.width = backbone.hidden_size
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokenizer = self.backbone.tokenizer
+        ids = [
+            tokenizer.encode(t, add_special_tokens=False)[: self.max_tokens] or [0] for t in texts
+        ]
+        flat = self.backbone.embed(torch.tensor([i for row in ids for i in row])).float()
+        return _pad(torch.split(flat, [len(row) for row in ids]))
+
+
+class MiniLMEncoder:
+    """The packaged MiniLM's last hidden states, cached per text (it is frozen, and training
+    and dev evaluation read the same inputs again)."""
+
+    name = EncoderKind.MINILM.value
+
+    def __init__(self, max_tokens: int, cache_size: int = 4096, path: str | None = None) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        from frozenlm.backbone import quiet_loading
+        from frozenlm.demos import default_encoder_path
+
+        folder = path or default_encoder_path()
+        with quiet_loading():
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModel.from_pretrained(folder).eval().requires_grad_(False)
+        self.max_tokens, self.cache_size = max_tokens, cache_size
+        self.width = int(self.model.config.hidden_size)
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            batch = self.tokenizer(
+                missing,
+                truncation=True,
+                max_length=self.max_tokens,
+                padding=True,
+                return_tensors="pt",
+            )
+            hidden = self.model(**batch).last_hidden_state  # [N, L, E]
+            for text, states, mask in zip(missing, hidden, batch["attention_mask"], strict=True):
+                self._cache[text] = states[mask.bool()].clone()  # [L_t, E]
+        rows = []
+        for text in texts:
+            self._cache.move_to_end(text)
+            rows.append(self._cache[text])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return _pad(rows)
+
+
+def make_encoder(config: PromptGeneratorConfig, backbone: Backbone) -> InputEncoder:
+    if config.encoder is EncoderKind.MINILM:
+        return MiniLMEncoder(config.max_input_tokens)
+    return BackboneEmbeddingEncoder(backbone, config.max_input_tokens)
+
+
+class PromptGenerator(nn.Module):
+    """Writes a soft prompt [P, D] for each input from its instruction and text."""
+
+    kind = "id-pt"
+    input_independent = False
+
+    def __init__(
+        self, config: PromptGeneratorConfig, encoder: InputEncoder, hidden_size: int
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._encoder = [encoder]  # in a list: frozen, never a submodule, never saved
+        width = config.width
+        self.read = nn.Linear(encoder.width, width)  # encoder states -> generator width
+        self.positions = nn.Parameter(torch.zeros(config.max_input_tokens, width))  # [L, W]
+        self.queries = nn.Parameter(torch.randn(config.length, width) * 0.02)  # [P, W]
+        layer = nn.TransformerDecoderLayer(
+            width,
+            config.heads,
+            dim_feedforward=config.ffn,
+            dropout=config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.decoder = nn.TransformerDecoder(layer, config.layers, norm=nn.LayerNorm(width))
+        self.write = nn.Linear(width, hidden_size)  # -> the backbone's embedding space
+        nn.init.zeros_(self.write.weight)
+        nn.init.zeros_(self.write.bias)
+        self.base = nn.Parameter(torch.zeros(config.length, hidden_size))  # [P, D]
+
+    @classmethod
+    def from_config(
+        cls, config: PromptGeneratorConfig, backbone: Backbone, seed: int
+    ) -> PromptGenerator:
+        """A new generator whose base prompt is P common-vocabulary embeddings (Lester's
+        `vocab` init: no one task's labels, since it serves them all)."""
+        torch.manual_seed(seed)
+        generator = cls(config, make_encoder(config, backbone), backbone.hidden_size)
+        ids = random.Random(seed).sample(common_token_ids(backbone, 5000), config.length)
+        with torch.no_grad():
+            generator.base.copy_(backbone.embed(torch.tensor(ids)).float())
+        return generator
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: Mapping[str, torch.Tensor], config: PromptGeneratorConfig, backbone: Backbone
+    ) -> PromptGenerator:
+        """A saved generator; a tensor of the wrong name or shape is refused in one sentence."""
+        generator = cls(config, make_encoder(config, backbone), backbone.hidden_size)
+        expected = {n: tuple(p.shape) for n, p in generator.state_dict().items()}
+        got = {n: tuple(t.shape) for n, t in tensors.items()}
+        if expected != got:
+            wrong = sorted(set(expected) ^ set(got)) or [
+                n for n in expected if expected[n] != got[n]
+            ]
+            name = wrong[0]
+            raise CheckpointError(
+                f"prompt generator tensor '{name}' is {list(got.get(name, ()))} in the checkpoint "
+                f"but {list(expected.get(name, ()))} for this config and backbone "
+                f"(hidden size {backbone.hidden_size})"
+            )
+        generator.load_state_dict(dict(tensors))
+        return generator
+
+    @property
+    def encoder(self) -> InputEncoder:
+        return self._encoder[0]
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        """Soft prompts [B, P, D] for the texts."""
+        states, mask = self.encoder.encode(texts)  # [B, L, E], [B, L]
+        length = states.shape[1]
+        memory = self.read(states) + self.positions[:length]  # [B, L, W]
+        queries = self.queries.unsqueeze(0).expand(len(texts), -1, -1)  # [B, P, W]
+        out = self.decoder(queries, memory, memory_key_padding_mask=~mask)  # [B, P, W]
+        return self.base + self.write(out)  # [B, P, D]
+
+    def soft_tokens(self, task: TaskSpec, examples: Sequence[Example]) -> list[torch.Tensor]:
+        """The prompt [P, D] written for each example of `task` (any task: it reads the text)."""
+        if not examples:
+            return []
+        return list(self([generator_text(task, ex) for ex in examples]).unbind(0))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().clone() for n, t in self.state_dict().items()}
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
