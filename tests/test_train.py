@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,20 @@ from conftest import write_toy_task
 from frozenlm.backbone import Backbone
 from frozenlm.checkpoint import load_checkpoint
 from frozenlm.errors import ConfigError
+from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.splice import pack, splice
 from frozenlm.tasks import load_task
-from frozenlm.train import DataOrder, TrainConfig, batch_loss, target_loss, train, train_plugin
+from frozenlm.train import (
+    DataOrder,
+    TrainConfig,
+    batch_loss,
+    target_loss,
+    train,
+    train_plugin,
+    training_rows,
+)
 
 
 def test_target_loss_equals_full_logits_cross_entropy(tiny: Backbone) -> None:
@@ -165,3 +175,31 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     best_whole = load_checkpoint(tmp_path / "whole" / "best").meta["metrics"]
     best_resumed = load_checkpoint(out / "best").meta["metrics"]
     assert best_whole == best_resumed
+
+
+def test_a_prompt_generator_trains_in_the_same_loop_and_its_loss_falls(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    task_file = write_toy_task(tmp_path, 48)
+    config = TrainConfig(steps=30, batch_size=8, eval_every=10, eval_limit=8, patience=0,
+                         )  # fmt: skip
+    generator = PromptGeneratorConfig(length=4, width=32, heads=2, ffn=64).to_json()
+    result = train_plugin(tiny, [str(task_file)], "id-pt", generator, config, tmp_path / "run")
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in tiny.model.parameters())
+    plugin, checkpoint = load_plugin(tmp_path / "run", tiny)
+    assert isinstance(plugin, PromptGenerator) and list(checkpoint.meta["tasks"]) == ["toy"]
+
+
+def test_task_cap_keeps_a_seeded_sample_of_each_large_task(tiny: Backbone) -> None:
+    tasks = [load_task("trec"), load_task("topic")]
+    capped = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=3))
+    counts = Counter(r.task.name for r in capped)
+    assert counts == {"trec": 50, "topic": 50}
+    again = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=3))
+    assert [r.example.id for r in again] == [r.example.id for r in capped]
+    other = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=4))
+    assert [r.example.id for r in other] != [r.example.id for r in capped]
+    with pytest.raises(ConfigError, match="task-cap must be at least 1"):
+        TrainConfig(task_cap=0)

@@ -150,6 +150,29 @@ def label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
     return ids
 
 
+def task_prompter(
+    backbone: Backbone, task: Task, config: EvalConfig, answer_tokens: int
+) -> Prompter:
+    """The prompter of `task` under `config`, leaving `answer_tokens` of the context free."""
+    return Prompter(
+        task.spec,
+        backbone.tokenizer,
+        config.prompt_config(),
+        max_tokens=min(config.max_prompt_tokens, backbone.max_length),
+        answer_tokens=answer_tokens,
+    )
+
+
+def classification_prompter(
+    backbone: Backbone, task: Task, config: EvalConfig
+) -> tuple[Prompter, list[list[int]]]:
+    """A classification task's prompter, with room for its longest verbalizer, and the token
+    ids of each label's verbalizer (in the task's label order)."""
+    candidates = label_candidates(task, task_prompter(backbone, task, config, answer_tokens=0))
+    longest = max(len(c) for c in candidates)
+    return task_prompter(backbone, task, config, answer_tokens=longest), candidates
+
+
 def _shared_prefix(
     backbone: Backbone,
     prompts: Sequence[RenderedPrompt],
@@ -248,24 +271,11 @@ def evaluate(
         max_new = 128
     prompt_config = config.prompt_config()
     start = time.perf_counter()
-    answer_tokens = max_new if generation else 0
-    prompter = Prompter(
-        task.spec,
-        backbone.tokenizer,
-        prompt_config,
-        max_tokens=min(config.max_prompt_tokens, backbone.max_length),
-        answer_tokens=answer_tokens,
-    )
     candidates: list[list[int]] = []
-    if not generation:
-        candidates = label_candidates(task, prompter)
-        prompter = Prompter(
-            task.spec,
-            backbone.tokenizer,
-            prompt_config,
-            max_tokens=min(config.max_prompt_tokens, backbone.max_length),
-            answer_tokens=max(len(c) for c in candidates),
-        )
+    if generation:
+        prompter = task_prompter(backbone, task, config, answer_tokens=max_new)
+    else:
+        prompter, candidates = classification_prompter(backbone, task, config)
     selector = None
     if prompt_config.shots > 0:
         selector = DemoSelector(

@@ -206,7 +206,10 @@ def row_soft_tokens(plugin: SoftTokenSource, rows: Sequence[Row]) -> list[torch.
     return [t for t in out if t is not None]
 
 
-def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: list[nn.Parameter] | list[dict[str, Any]], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """`config.optimizer` over the parameters (or parameter groups with their own lr)."""
     if config.optimizer == "adafactor":
         return Adafactor(
             params,
@@ -251,8 +254,10 @@ def train(
     with the training config and metrics.
     """
     source: SoftTokenSource = plugin  # type: ignore[assignment]
+    # A plug-in may train its parts at different rates (`param_groups(lr)`).
+    groups = getattr(plugin, "param_groups", None)
     params = [p for p in plugin.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config)
+    optimizer = make_optimizer(groups(config.lr) if callable(groups) else params, config)
     rows = training_rows(backbone, tasks, config)
     order = DataOrder(len(rows), config.seed)
     torch.manual_seed(config.seed)

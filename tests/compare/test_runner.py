@@ -8,6 +8,7 @@ from frozenlm.backbone import Backbone
 from frozenlm.compare import Budget, CompareConfig, compare
 from frozenlm.compare.runner import parse_methods, parse_train_sizes, plan, subsample
 from frozenlm.errors import ConfigError
+from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
 from frozenlm.tasks import load_task
 
 TINY_BUDGET = Budget(
@@ -56,13 +57,14 @@ def test_compare_runs_every_method_and_continues_after_an_interruption(
     cells = json.loads((out / "results.json").read_text())["cells"]
     done = {(c["method"], c["train_size"]) for c in cells if c["status"] == "done"}
     assert ("zero-shot", "all") in done and ("few-shot", "all") in done
-    for method in ("soft-prompt", "peft-prompt", "lora", "full-ft", "plugin", "supericl"):
+    for method in ("soft-prompt", "peft-prompt", "lora", "full-ft", "id-pt", "plugin", "supericl"):
         assert {(method, "4"), (method, "8")} <= done
-    skipped = {c["method"]: c["reason"] for c in cells if c["status"] == "skipped"}
-    assert set(skipped) == {"id-pt"} and all(skipped.values())
+    assert not [c for c in cells if c["status"] != "done"]
     by = {(c["method"], c["train_size"]): c for c in cells}
     assert by[("soft-prompt", "8")]["costs"]["trainable_parameters"] == 20 * tiny.hidden_size
     assert by[("full-ft", "8")]["costs"]["trainable_parameters"] == tiny.num_parameters
+    generator = PromptGenerator.from_config(PromptGeneratorConfig(), tiny, seed=0)
+    assert by[("id-pt", "8")]["costs"]["trainable_parameters"] == generator.num_trainable()
     assert not by[("full-ft", "8")]["costs"]["shares_backbone"]
     assert by[("soft-prompt", "4")]["costs"]["labelled_train"] == 4
     # SuperICL: 2 of the 4 examples are demonstrations, the plug-in trains on the other 2
@@ -71,9 +73,7 @@ def test_compare_runs_every_method_and_continues_after_an_interruption(
     assert by[("supericl", "8")]["costs"]["mean_prompt_tokens"] > 0
     assert not by[("plugin", "8")]["costs"]["shares_backbone"]  # it needs no backbone
     text = report.read_text()
-    assert (
-        "## Quality" in text and "skipped: input-dependent prompt tuning is not built yet" in text
-    )
+    assert "## Quality" in text and "Input-dependent prompts on sentiment beat" in text
     for png in ("quality_vs_parameters", "quality_vs_time", "learning_curves", "serving_memory"):
         assert (out / f"{png}.png").stat().st_size > 10_000
 

@@ -74,8 +74,9 @@ def test_mixed_task_batch_scores_equal_per_task_batches(tiny: Backbone) -> None:
     labels = {"a": [[5], [6, 7]], "b": [[8], [9], [10, 11, 12]]}
 
     def requests(task: str) -> list[ScoreRequest]:
+        prompt = prompts.prompt(task)
         return [
-            ScoreRequest([prompts.prompt(task), tok.encode(t, add_special_tokens=False)], labels[task])
+            ScoreRequest([prompt, tok.encode(t, add_special_tokens=False)], labels[task])
             for t in texts[task]
         ]
 
@@ -96,3 +97,17 @@ def test_generation_with_a_soft_prompt_is_the_same_with_and_without_cache(tiny: 
     cached = generate(tiny, prefixes, GenerationConfig(max_new_tokens=10, stop=()))
     plain = generate(tiny, prefixes, GenerationConfig(max_new_tokens=10, stop=(), use_cache=False))
     assert cached == plain
+
+
+def test_a_shared_prompt_serves_every_task_and_starts_from_all_their_labels(
+    tiny: Backbone,
+) -> None:
+    specs = [load_task("sentiment").spec, load_task("tweets").spec]
+    config = SoftPromptConfig(length=6, shared=True)
+    shared = SoftPromptSet.from_config(config, tiny, specs, 0)
+    assert shared.task_names == ["*"] and shared.prompt("topic") is shared.prompt("sentiment")
+    # positive, negative (sentiment), then neutral: tweets' words already seen are not repeated
+    words = ["positive", "negative", "neutral"]
+    ids = [i for w in words for i in tiny.tokenizer.encode(" " + w, add_special_tokens=False)]
+    torch.testing.assert_close(shared.prompt("*")[: len(ids)], tiny.embed(torch.tensor(ids)))
+    assert SoftPromptConfig.from_json(config.to_json()).shared

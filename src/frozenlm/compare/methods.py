@@ -10,10 +10,10 @@ task). `METHODS` is the one registry `compare` reads; a method that cannot run o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -23,8 +23,9 @@ from frozenlm.evaluate import EvalConfig, Report
 from frozenlm.finetune import FineTuned, LoraSettings, full_copy, lora_copy
 from frozenlm.peft_prompt import PeftPromptConfig, train_peft_prompt
 from frozenlm.plugins import SoftTokenSource
-from frozenlm.plugins.registry import load_plugin, plugin_meta
-from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
+from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
+from frozenlm.plugins.registry import load_plugin, plugin_kind, plugin_meta
+from frozenlm.plugins.soft_prompt import SoftPromptConfig
 from frozenlm.supericl.backends import LocalBackend
 from frozenlm.supericl.plugin_model import PluginClassifier, PluginTrainConfig
 from frozenlm.supericl.run import (
@@ -166,28 +167,29 @@ def _train_config(budget: Budget, seed: int) -> TrainConfig:
     )
 
 
-class SoftPrompt:
-    """Lester et al. 2021: frozenlm's default recipe (class-label init, Adafactor lr 0.3)."""
+class TrainedPlugin:
+    """A plug-in kind of the registry trained on the task with the one loop and the published
+    soft-prompt recipe (Adafactor 0.3; an ID-PT generator's network at 1/300 of it)."""
 
-    name = "soft-prompt"
     trains = True
 
-    def __init__(self, config: SoftPromptConfig | None = None) -> None:
-        self.config = config or SoftPromptConfig()
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        self.name, self.config = name, dict(config)
 
     def unavailable(self, task: Task) -> str | None:
         return None
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        plugin = SoftPromptSet.from_config(self.config, backbone, [task.spec], seed)
-        meta = plugin_meta(self.name, self.config.to_json(), backbone, [task], [task.name])
+        kind = plugin_kind(self.name)
+        plugin = kind.build(self.config, backbone, [task.spec], seed)
+        meta = plugin_meta(self.name, self.config, backbone, [task], [task.name])
         result = train(backbone, plugin, [task], _train_config(budget, seed), work, meta=meta)
         best, _ = load_plugin(work, backbone)
         return Fitted(
             backbone,
             EvalConfig(seed=seed),
             plugin=best,  # type: ignore[arg-type]
-            trainable_parameters=plugin.num_trainable(),
+            trainable_parameters=sum(p.numel() for p in plugin.parameters() if p.requires_grad),
             labelled_train=len(task.train),
             labelled_dev=min(budget.dev_limit, len(task.dev)),
             train_seconds=result.seconds,
@@ -382,29 +384,16 @@ class SuperICLMethod(_SmallModelMethod):
         return fitted
 
 
-class NotYetBuilt:
-    """A method of the design whose issue has not landed: listed, reported as skipped."""
-
-    trains = True
-
-    def __init__(self, name: str, why: str) -> None:
-        self.name, self.why = name, why
-
-    def unavailable(self, task: Task) -> str | None:
-        return self.why
-
-    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        raise RuntimeError(self.why)
-
-
 METHODS: dict[str, Method] = {
     "zero-shot": ZeroShot(),
     "few-shot": FewShot(),
-    "soft-prompt": SoftPrompt(),
+    # Lester et al. 2021: class-label init, Adafactor lr 0.3.
+    "soft-prompt": TrainedPlugin("soft-prompt", SoftPromptConfig().to_json()),
     "peft-prompt": PeftPrompt(),
     "lora": Lora(),
     "full-ft": FullFineTuning(),
-    "id-pt": NotYetBuilt("id-pt", "input-dependent prompt tuning is not built yet (issue 7)"),
+    # Levine et al. 2022: a generator writes each input's prompt (here trained on one task).
+    "id-pt": TrainedPlugin("id-pt", PromptGeneratorConfig().to_json()),
     "plugin": PluginAlone(),
     "supericl": SuperICLMethod(),
 }

@@ -274,11 +274,26 @@ def ranking_check(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list
             f"few-shot {icl['test']['value']:.3f}."
         )
 
+    # Levine et al. 2022: a prompt written for each input beats one prompt for the task.
+    for task in tasks:
+        idpt, pt = heads.get((task, "id-pt")), heads.get((task, "soft-prompt"))
+        if idpt is None or pt is None:
+            continue
+        verdict = {
+            "higher": "holds",
+            "tied": "not distinguishable at this test size",
+            "lower": "does not hold",
+        }[_compare(idpt, pt)]
+        lines.append(
+            f"- Input-dependent prompts on {task} beat the task's soft prompt: {verdict} — "
+            f"id-pt {idpt['test']['value']:.3f}, soft-prompt {pt['test']['value']:.3f}."
+        )
+
     # 3. Training cost: the same order of magnitude.
     times = {
         m: heads[(t, m)]["costs"]["train_seconds"]
         for (t, m) in heads
-        if m in ("full-ft", "lora", "soft-prompt", "peft-prompt")
+        if m in ("full-ft", "lora", "soft-prompt", "peft-prompt", "id-pt")
     }
     if len(times) >= 2 and min(times.values()) > 0:
         ratio = max(times.values()) / min(times.values())

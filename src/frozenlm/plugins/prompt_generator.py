@@ -56,6 +56,10 @@ class PromptGeneratorConfig:
     """Encoder tokens read per input (instruction first, so a long input loses its tail)."""
     dropout: float = 0.0
     """Dropout inside the decoder layers."""
+    network_lr_scale: float = 1 / 300
+    """The network's learning rate as a fraction of the base prompt's: the base prompt learns at
+    Lester's soft-prompt rate (Adafactor 0.3), the network at 0.3 / 300 = 1e-3, a usual rate
+    for a small transformer."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder", EncoderKind(self.encoder))
@@ -75,6 +79,7 @@ class PromptGeneratorConfig:
             "ffn": self.ffn,
             "max_input_tokens": self.max_input_tokens,
             "dropout": self.dropout,
+            "network_lr_scale": self.network_lr_scale,
         }
 
     @classmethod
@@ -260,6 +265,14 @@ class PromptGenerator(nn.Module):
         if not examples:
             return []
         return list(self([generator_text(task, ex) for ex in examples]).unbind(0))
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups: the base prompt at `lr`, the network at `lr * network_lr_scale`."""
+        network = [p for n, p in self.named_parameters() if n != "base" and p.requires_grad]
+        groups = [{"params": network, "lr": lr * self.config.network_lr_scale}]
+        if self.base.requires_grad:
+            groups.insert(0, {"params": [self.base], "lr": lr})
+        return groups
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {n: t.detach().clone() for n, t in self.state_dict().items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
@@ -25,10 +25,6 @@ class PluginKind:
     """(plugin config JSON, backbone, task specs, seed) -> a new plug-in."""
     restore: Callable[[Checkpoint, Backbone], nn.Module]
     """A saved checkpoint (already checked against the backbone) -> the plug-in."""
-    optimizer: Literal["adafactor", "adamw"]
-    """Default optimizer of its training."""
-    lr: float
-    """Default learning rate of its training."""
 
 
 def _build_soft_prompt(
@@ -54,10 +50,8 @@ def _restore_generator(checkpoint: Checkpoint, backbone: Backbone) -> nn.Module:
 
 
 PLUGINS: dict[str, PluginKind] = {
-    # Lester et al. 2021: Adafactor at a constant 0.3.
-    "soft-prompt": PluginKind(_build_soft_prompt, _restore_soft_prompt, "adafactor", 0.3),
-    # A small transformer: AdamW at 1e-3, as for the LoRA baseline.
-    "id-pt": PluginKind(_build_generator, _restore_generator, "adamw", 1e-3),
+    "soft-prompt": PluginKind(build=_build_soft_prompt, restore=_restore_soft_prompt),
+    "id-pt": PluginKind(build=_build_generator, restore=_restore_generator),
 }
 
 

@@ -1,7 +1,7 @@
 """Soft prompts (Lester et al. 2021): P trainable vectors prepended to the input embeddings.
 
-`SoftPrompt` is one task's prompt; `SoftPromptSet` holds one prompt per task and hands each row
-of a (possibly mixed-task) batch the prompt of its task. Weights are fp32; `splice` casts them
+`SoftPromptSet` holds one prompt per task (or one shared by all) and hands each row of a
+(possibly mixed-task) batch the prompt of its task. Weights are fp32; `splice` casts them
 to the backbone's dtype at use.
 """
 

@@ -1,0 +1,118 @@
+"""The ID-PT prompt generator: what it reads, shapes, masking, size, checkpoints, encoders."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from frozenlm.backbone import Backbone
+from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.plugins.prompt_generator import (
+    BackboneEmbeddingEncoder,
+    EncoderKind,
+    MiniLMEncoder,
+    PromptGenerator,
+    PromptGeneratorConfig,
+    generator_text,
+)
+from frozenlm.plugins.registry import load_plugin
+from frozenlm.tasks import load_task
+from frozenlm.train import TrainConfig, train_plugin
+
+SMALL = PromptGeneratorConfig(length=3, width=32, heads=2, ffn=64)
+
+
+def _perturbed(backbone: Backbone, config: PromptGeneratorConfig = SMALL) -> PromptGenerator:
+    """A generator whose output projection is no longer zero, so its input shows."""
+    generator = PromptGenerator.from_config(config, backbone, seed=0).eval()
+    with torch.no_grad():
+        generator.write.weight.normal_(0, 0.5)
+    return generator
+
+
+def test_a_new_generator_writes_its_base_prompt_for_every_input(tiny: Backbone) -> None:
+    generator = PromptGenerator.from_config(SMALL, tiny, seed=0)
+    task = load_task("sentiment")
+    prompts = generator.soft_tokens(task.spec, list(task.test[:3]))
+    assert len(prompts) == 3 and prompts[0].shape == (3, tiny.hidden_size)
+    for prompt in prompts:
+        torch.testing.assert_close(prompt, generator.base, rtol=0, atol=0)
+
+
+def test_the_prompt_depends_on_the_input_and_on_the_instruction(tiny: Backbone) -> None:
+    generator = _perturbed(tiny)
+    sentiment, tweets = load_task("sentiment"), load_task("tweets")
+    a, b = generator.soft_tokens(sentiment.spec, list(sentiment.test[:2]))
+    assert not torch.allclose(a, b)
+    # the same input fields under another task's instruction get another prompt
+    example = sentiment.test[0]
+    other = generator.soft_tokens(tweets.spec, [example])[0]
+    assert not torch.allclose(a, other)
+    assert generator_text(sentiment.spec, example).startswith(sentiment.spec.instruction)
+
+
+def test_a_prompt_does_not_depend_on_the_rows_padded_beside_it(tiny: Backbone) -> None:
+    generator = _perturbed(tiny)
+    task = load_task("topic")  # long articles beside short ones: much padding
+    trec = load_task("trec")
+    alone = generator.soft_tokens(trec.spec, [trec.test[0]])[0]
+    with torch.no_grad():
+        batch = generator(
+            [generator_text(trec.spec, trec.test[0])]
+            + [generator_text(task.spec, ex) for ex in task.test[:3]]
+        )
+    torch.testing.assert_close(batch[0], alone, rtol=0, atol=1e-5)
+
+
+def test_encoder_reads_at_most_max_input_tokens(tiny: Backbone) -> None:
+    encoder = BackboneEmbeddingEncoder(tiny, max_tokens=7)
+    states, mask = encoder.encode(["one two", "a " * 50])
+    assert states.shape == (2, 7, tiny.hidden_size) and mask.sum(dim=1).tolist() == [2, 7]
+    ids = tiny.tokenizer.encode("one two", add_special_tokens=False)
+    torch.testing.assert_close(states[0, :2], tiny.embed(torch.tensor(ids)).float())
+
+
+def test_default_generator_is_under_one_percent_of_the_embedded_backbone() -> None:
+    class Width576:  # the embedded SmolLM2-135M's hidden size, without loading it
+        width, name = 576, "backbone-embeddings"
+
+    generator = PromptGenerator(PromptGeneratorConfig(), Width576(), hidden_size=576)  # type: ignore[arg-type]
+    share = generator.num_trainable() / 134_515_008
+    assert 0.001 < share <= 0.01
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ConfigError, match="not divisible by 3 heads"):
+        PromptGeneratorConfig(width=32, heads=3)
+    with pytest.raises(ConfigError, match="length must be at least 1"):
+        PromptGeneratorConfig(length=0)
+    with pytest.raises(ValueError):
+        PromptGeneratorConfig(encoder="bert")  # type: ignore[arg-type]
+
+
+def test_checkpoint_round_trip_and_wrong_shapes(tiny: Backbone, tmp_path: Path) -> None:
+    config = TrainConfig(steps=2, batch_size=4, eval_every=2, eval_limit=4, lr=1e-2, task_cap=16,
+                         optimizer="adamw")  # fmt: skip
+    train_plugin(tiny, ["sentiment", "trec"], "id-pt", SMALL.to_json(), config, tmp_path / "g")
+    loaded, checkpoint = load_plugin(tmp_path / "g", tiny)
+    assert isinstance(loaded, PromptGenerator) and checkpoint.meta["kind"] == "id-pt"
+    task = load_task("topic")  # a task it never saw: it reads the instruction
+    again, _ = load_plugin(tmp_path / "g", tiny)
+    first = loaded.soft_tokens(task.spec, list(task.test[:2]))
+    torch.testing.assert_close(first, again.soft_tokens(task.spec, list(task.test[:2])))
+    assert not torch.allclose(first[0], loaded.base)  # training moved it off the base prompt
+
+    wider = PromptGeneratorConfig(**{**SMALL.to_json(), "width": 64})
+    with pytest.raises(CheckpointError, match=r"tensor '.*' is .* in the checkpoint but"):
+        PromptGenerator.from_tensors(checkpoint.tensors, wider, tiny)
+
+
+def test_minilm_encoder_caches_states_per_text() -> None:
+    encoder = MiniLMEncoder(max_tokens=16, cache_size=2)
+    states, mask = encoder.encode(["a short text", "another, somewhat longer text here"])
+    assert states.shape[0] == 2 and states.shape[2] == 384 and mask[0].sum() < mask[1].sum()
+    again, _ = encoder.encode(["a short text"])
+    torch.testing.assert_close(again[0, : int(mask[0].sum())], states[0, : int(mask[0].sum())])
+    encoder.encode(["third", "fourth"])
+    assert len(encoder._cache) == 2 and "a short text" not in encoder._cache
+    assert EncoderKind(encoder.name) is EncoderKind.MINILM
