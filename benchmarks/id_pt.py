@@ -98,7 +98,8 @@ def main() -> None:
     encoders: dict[str, dict[str, object]] = {}
     for kind in EncoderKind:
         config = PromptGeneratorConfig(encoder=kind)
-        generator = PromptGenerator.from_config(config, backbone, seed=0).eval()
+        specs = [t.spec for t in tasks]
+        generator = PromptGenerator.from_config(config, backbone, specs, seed=0).eval()
         share = generator.num_trainable() / backbone.num_parameters
         if kind is EncoderKind.MINILM:
             no_cache = MiniLMEncoder(config.max_input_tokens, cache_size=0)

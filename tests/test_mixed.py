@@ -17,9 +17,8 @@ def test_soft_prompt_id_pt_and_plain_rows_in_one_batch_equal_their_own_evaluatio
 ) -> None:
     sentiment, trec = load_task("sentiment"), load_task("trec")
     prompts = SoftPromptSet.from_config(SoftPromptConfig(length=5), tiny, [sentiment.spec], 0)
-    generator = PromptGenerator.from_config(
-        PromptGeneratorConfig(length=3, width=32, heads=2, ffn=64), tiny, seed=0
-    ).eval()
+    small = PromptGeneratorConfig(length=3, width=32, heads=2, ffn=64)
+    generator = PromptGenerator.from_config(small, tiny, [trec.spec], seed=0).eval()
     with torch.no_grad():
         generator.write.weight.normal_(0, 0.5)  # make its prompts differ per input
     n = 4

@@ -63,7 +63,7 @@ def test_compare_runs_every_method_and_continues_after_an_interruption(
     by = {(c["method"], c["train_size"]): c for c in cells}
     assert by[("soft-prompt", "8")]["costs"]["trainable_parameters"] == 20 * tiny.hidden_size
     assert by[("full-ft", "8")]["costs"]["trainable_parameters"] == tiny.num_parameters
-    generator = PromptGenerator.from_config(PromptGeneratorConfig(), tiny, seed=0)
+    generator = PromptGenerator.from_config(PromptGeneratorConfig(), tiny, [], seed=0)
     assert by[("id-pt", "8")]["costs"]["trainable_parameters"] == generator.num_trainable()
     assert not by[("full-ft", "8")]["costs"]["shares_backbone"]
     assert by[("soft-prompt", "4")]["costs"]["labelled_train"] == 4

@@ -16,6 +16,7 @@ from frozenlm.plugins.prompt_generator import (
     generator_text,
 )
 from frozenlm.plugins.registry import load_plugin
+from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import load_task
 from frozenlm.train import TrainConfig, train_plugin
 
@@ -24,19 +25,21 @@ SMALL = PromptGeneratorConfig(length=3, width=32, heads=2, ffn=64)
 
 def _perturbed(backbone: Backbone, config: PromptGeneratorConfig = SMALL) -> PromptGenerator:
     """A generator whose output projection is no longer zero, so its input shows."""
-    generator = PromptGenerator.from_config(config, backbone, seed=0).eval()
+    generator = PromptGenerator.from_config(config, backbone, [], seed=0).eval()
     with torch.no_grad():
         generator.write.weight.normal_(0, 0.5)
     return generator
 
 
-def test_a_new_generator_writes_its_base_prompt_for_every_input(tiny: Backbone) -> None:
-    generator = PromptGenerator.from_config(SMALL, tiny, seed=0)
-    task = load_task("sentiment")
+def test_a_new_generator_writes_the_shared_soft_prompt_for_every_input(tiny: Backbone) -> None:
+    specs = [load_task("sentiment").spec, load_task("trec").spec]
+    generator = PromptGenerator.from_config(SMALL, tiny, specs, seed=0)
+    shared = SoftPromptSet.from_config(SoftPromptConfig(length=3, shared=True), tiny, specs, 0)
+    task = load_task("topic")  # any task, seen or not
     prompts = generator.soft_tokens(task.spec, list(task.test[:3]))
     assert len(prompts) == 3 and prompts[0].shape == (3, tiny.hidden_size)
     for prompt in prompts:
-        torch.testing.assert_close(prompt, generator.base, rtol=0, atol=0)
+        torch.testing.assert_close(prompt, shared.prompt("*"), rtol=0, atol=0)
 
 
 def test_the_prompt_depends_on_the_input_and_on_the_instruction(tiny: Backbone) -> None:

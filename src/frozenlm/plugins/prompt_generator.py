@@ -6,12 +6,12 @@ a frozen encoder, either the backbone's own token embeddings or the packaged Min
 encoder. P learned queries cross-attend to that encoding through one or two transformer decoder
 layers (torch's `nn.TransformerDecoderLayer`), and a projection maps them to the backbone's
 hidden size. The projection starts at zero and adds to a learned base prompt, so an untrained
-generator is a plain soft prompt and training learns what the input should change.
+generator is the shared soft prompt of its tasks and training learns what the input should
+change.
 """
 
 from __future__ import annotations
 
-import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from torch import nn
 
 from frozenlm.backbone import Backbone
 from frozenlm.errors import CheckpointError, ConfigError
-from frozenlm.plugins.soft_prompt import common_token_ids
+from frozenlm.plugins.soft_prompt import SoftPromptConfig, initial_prompt
 from frozenlm.tasks import Example, TaskSpec
 
 
@@ -215,15 +215,19 @@ class PromptGenerator(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: PromptGeneratorConfig, backbone: Backbone, seed: int
+        cls,
+        config: PromptGeneratorConfig,
+        backbone: Backbone,
+        specs: Sequence[TaskSpec],
+        seed: int,
     ) -> PromptGenerator:
-        """A new generator whose base prompt is P common-vocabulary embeddings (Lester's
-        `vocab` init: no one task's labels, since it serves them all)."""
+        """A new generator that writes, for every input, the shared soft prompt of `specs`
+        (Lester's class-label init over all their labels) until training teaches it more."""
         torch.manual_seed(seed)
         generator = cls(config, make_encoder(config, backbone), backbone.hidden_size)
-        ids = random.Random(seed).sample(common_token_ids(backbone, 5000), config.length)
+        shared = SoftPromptConfig(length=config.length, shared=True)
         with torch.no_grad():
-            generator.base.copy_(backbone.embed(torch.tensor(ids)).float())
+            generator.base.copy_(initial_prompt(backbone, shared, specs, seed))
         return generator
 
     @classmethod

@@ -41,7 +41,9 @@ def _restore_soft_prompt(checkpoint: Checkpoint, backbone: Backbone) -> nn.Modul
 def _build_generator(
     config: Mapping[str, Any], backbone: Backbone, specs: Sequence[TaskSpec], seed: int
 ) -> nn.Module:
-    return PromptGenerator.from_config(PromptGeneratorConfig.from_json(config), backbone, seed)
+    return PromptGenerator.from_config(
+        PromptGeneratorConfig.from_json(config), backbone, specs, seed
+    )
 
 
 def _restore_generator(checkpoint: Checkpoint, backbone: Backbone) -> nn.Module:
