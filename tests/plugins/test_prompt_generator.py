@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from frozenlm.backbone import Backbone
+from frozenlm.backbone import Backbone, TinyConfig
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.prompt_generator import (
     BackboneEmbeddingEncoder,
@@ -105,6 +105,9 @@ def test_checkpoint_round_trip_and_wrong_shapes(tiny: Backbone, tmp_path: Path) 
     torch.testing.assert_close(first, again.soft_tokens(task.spec, list(task.test[:2])))
     assert not torch.allclose(first[0], loaded.base)  # training moved it off the base prompt
 
+    other = Backbone.tiny(TinyConfig(seed=1))  # same shapes, other weights
+    with pytest.raises(CheckpointError, match="other backbone weights|fingerprint"):
+        load_plugin(tmp_path / "g", other)
     wider = PromptGeneratorConfig(**{**SMALL.to_json(), "width": 64})
     with pytest.raises(CheckpointError, match=r"tensor '.*' is .* in the checkpoint but"):
         PromptGenerator.from_tensors(checkpoint.tensors, wider, tiny)
