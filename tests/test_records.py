@@ -186,6 +186,10 @@ def test_replay_argv_moves_every_output_and_drops_resume() -> None:
         **{**record.to_json(), "kind": "eval", "command": ["eval", "--out=x.json"]}
     )
     assert replay_argv(evaluation, "tiny") == ["eval", "--out", "x.tiny.json", "--backbone", "tiny"]
+    # an eval of trained plug-ins reads what the train records' replays wrote
+    plugged = RunRecord(**{**evaluation.to_json(), "command": ["eval", "--plugin", "runs/a/,b"]})
+    replayed = ["eval", "--plugin", "runs/a.tiny,b.tiny", "--backbone", "tiny"]
+    assert replay_argv(plugged, "tiny") == replayed
 
 
 @pytest.mark.parametrize(

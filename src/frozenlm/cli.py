@@ -377,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser(
         "compare",
         help="the main job: every method on every task, quality and cost side by side",
-        description="Run prompt design, soft prompts, PEFT prompt tuning, LoRA and full "
-        "fine-tuning on the same splits and seeds; write report.md, results.json and plots to "
+        description="Run prompt design, soft prompts, PEFT prompt tuning, ID-PT, LoRA, full "
+        "fine-tuning, the plug-in classifier and SuperICL on the same splits and seeds; write "
+        "report.md, results.json and plots to "
         "OUT. Finished cells are kept: the same command continues an interrupted run.",
     )
     cp.add_argument("--tasks", default="sentiment", help="task names or files, comma-separated")
