@@ -7,6 +7,7 @@ import torch
 
 from frozenlm.backbone import Backbone, TinyConfig
 from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.prompt_generator import (
     BackboneEmbeddingEncoder,
     EncoderKind,
@@ -122,3 +123,22 @@ def test_minilm_encoder_caches_states_per_text() -> None:
     encoder.encode(["third", "fourth"])
     assert len(encoder._cache) == 2 and "a short text" not in encoder._cache
     assert EncoderKind(encoder.name) is EncoderKind.MINILM
+
+
+@pytest.mark.slow
+def test_on_the_embedded_model_an_untrained_generator_scores_as_the_shared_prompt(
+    embedded: Backbone,
+) -> None:
+    tasks = [load_task("sentiment"), load_task("trec")]
+    specs = [t.spec for t in tasks]
+    generator = PromptGenerator.from_config(PromptGeneratorConfig(), embedded, specs, seed=0)
+    assert generator.num_trainable() / embedded.num_parameters <= 0.01
+    shared = SoftPromptSet.from_config(SoftPromptConfig(shared=True), embedded, specs, 0)
+    config = EvalConfig(limit=6)
+    for task in tasks:
+        by_generator = evaluate(embedded, task, config, plugin=generator.eval())
+        by_prompt = evaluate(embedded, task, config, plugin=shared)
+        for a, b in zip(by_generator.predictions, by_prompt.predictions, strict=True):
+            assert a["predicted"] == b["predicted"]
+            torch.testing.assert_close(torch.tensor(a["scores"]), torch.tensor(b["scores"]),
+                                       atol=2e-3, rtol=0)  # fmt: skip
