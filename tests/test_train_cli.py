@@ -40,8 +40,12 @@ def test_a_shared_soft_prompt_is_one_prompt_for_every_task(tmp_path: Path) -> No
     assert main([*eval_argv, "--out", str(report)]) == 0
     tasks = [r["task"] for r in json.loads(report.read_text())["reports"]]
     assert tasks == ["sentiment", "trec"]
-    # a soft prompt does not read its input: a task it was not trained for is refused
-    assert main([*eval_argv, "--task", "topic"]) == 2
+    # the one prompt serves any task, as ID-PT does: the held-out-task control
+    assert main([*eval_argv, "--task", "topic"]) == 0
+    # per-task prompts have no prompt for a task they were not trained for
+    per_task = tmp_path / "per-task"
+    assert main(["train", "--task", "sentiment", "--out", str(per_task), *SHORT]) == 0
+    assert main(["eval", "--plugin", str(per_task), "--backbone", "tiny", "--task", "topic"]) == 2
 
 
 def test_generator_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -155,9 +155,9 @@ def _eval_plugin(args: argparse.Namespace) -> int:
     train_config = checkpoint.meta.get("train_config", {})
     reports = []
     tasks = []
-    reads_input = not getattr(plugin, "input_independent", True)
+    any_task = getattr(plugin, "serves_any_task", False)
     for name in names:
-        if name not in sources and not reads_input:
+        if name not in sources and not any_task:
             raise ConfigError(
                 f"the plug-in in '{args.plugin}' was trained for {', '.join(sources)}, not '{name}'"
             )
@@ -168,7 +168,7 @@ def _eval_plugin(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             seed=args.seed,
         )
-        # An input-dependent generator reads any task's instruction: unseen tasks are allowed.
+        # An ID-PT generator (it reads the instruction) or a shared prompt serves unseen tasks.
         task = load_task(sources.get(name, name), seed=train_config.get("seed", 0))
         report = evaluate(backbone, task, config, plugin=plugin)  # type: ignore[arg-type]
         reports.append(report)

@@ -188,6 +188,7 @@ class PromptGenerator(nn.Module):
 
     kind = "id-pt"
     input_independent = False
+    serves_any_task = True  # it reads the instruction, so it can be asked about unseen tasks
 
     def __init__(
         self, config: PromptGeneratorConfig, encoder: InputEncoder, hidden_size: int

@@ -141,6 +141,11 @@ class SoftPromptSet(nn.Module):
     def task_names(self) -> list[str]:
         return list(self.prompts)
 
+    @property
+    def serves_any_task(self) -> bool:
+        """A shared prompt conditions any task, including tasks it was not trained on."""
+        return SHARED in self.prompts
+
     def prompt(self, task: str) -> torch.Tensor:
         """The prompt [P, D] of the task named `task` (the one prompt, when shared)."""
         if SHARED in self.prompts:
