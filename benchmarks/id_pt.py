@@ -8,7 +8,8 @@ On one batch of 8 test inputs (2 from each built-in classification task), times
 interleaved, the fastest of `--repeats` each. `overhead` = generator_s / backbone_s; target
 <= 0.05 (Levine et al. 2022 report about 0.01). Both encoders are measured; the MiniLM encoder
 is timed on new inputs (`minilm_uncached`) and on inputs it has seen (cached states, as in
-training epochs and repeated dev evaluations). The top-level keys are the default encoder's.
+training epochs and repeated dev evaluations). The top-level keys are the default encoder's
+(MiniLM) on new inputs.
 
     python benchmarks/id_pt.py --out id_pt.json
 """
@@ -112,9 +113,11 @@ def main() -> None:
             "share_of_backbone": share,
         }
     result["encoders"] = encoders
-    result |= {k: encoders[default.encoder.value][k] for k in ("generator_s", "backbone_s")}
-    result["overhead"] = encoders[default.encoder.value]["overhead"]  # generator_s / backbone_s
-    result["default_encoder"] = default.encoder.value
+    # The default encoder on inputs it has not seen: what a server pays for a new request.
+    headline = "minilm_uncached" if default.encoder is EncoderKind.MINILM else default.encoder.value
+    result |= {k: encoders[headline][k] for k in ("generator_s", "backbone_s")}
+    result["overhead"] = encoders[headline]["overhead"]  # generator_s / backbone_s
+    result["headline"] = headline
     result["target_overhead"] = 0.05
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

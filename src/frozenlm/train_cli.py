@@ -34,7 +34,7 @@ def add_train_command(sub: Any, add_backbone: Callable[[argparse.ArgumentParser]
     tr.add_argument(
         "--encoder",
         choices=["backbone-embeddings", "minilm"],
-        default="backbone-embeddings",
+        default="minilm",
         help="id-pt: the frozen encoder the generator reads the input with",
     )
     tr.add_argument("--generator-width", type=int, default=256, help="id-pt: attention width")

@@ -42,8 +42,11 @@ class PromptGeneratorConfig:
 
     length: int = 20
     """Soft tokens P it writes per input (the soft prompt's default length)."""
-    encoder: EncoderKind = EncoderKind.BACKBONE
-    """Frozen encoder of the input (chosen by measurement: README, input-dependent prompts)."""
+    encoder: EncoderKind = EncoderKind.MINILM
+    """Frozen encoder of the input. MiniLM, by measurement on the embedded model (README, ID-PT):
+    at the same budget its generator reached mean test accuracy 0.527 on the four built-in
+    classification tasks against 0.438 with the backbone's embeddings, which carry no context;
+    the backbone's embeddings cost nothing to compute and need no second model."""
     width: int = 256
     """Width of the queries and of the attention layers."""
     layers: int = 1
