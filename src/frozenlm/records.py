@@ -307,10 +307,11 @@ def _with_suffix(path: str, suffix: str, *, is_file: bool) -> str:
 def replay_argv(record: RunRecord, backbone: str, out_suffix: str | None = None) -> list[str]:
     """The record's command on `backbone`: `--backbone` replaced, `--resume` dropped, and every
     `--out` given `out_suffix` (default: `backbone_slug(backbone)`) so a replay never
-    overwrites the original's output. Each `--plugin` folder gets the same suffix: it names the
-    output of the train run's replay on that backbone, so replaying a train record and then the
-    eval records that read its plug-in repeats the whole chain. Top-level options
-    (`--runs-dir`, ...) are not included."""
+    overwrites the original's output. Each `--plugin` folder of `frozenlm eval` gets the same
+    suffix: it names the output of the train run's replay on that backbone, so replaying a
+    train record and then the evals that read its plug-in repeats the whole chain (SuperICL's
+    `--plugin` is a user's model folder and is kept). Top-level options (`--runs-dir`, ...) are
+    not included."""
     suffix = out_suffix or backbone_slug(backbone)
     is_file = record.kind == "eval"  # eval --out is a JSON file; train and compare write folders
     argv: list[str] = []
@@ -323,7 +324,7 @@ def replay_argv(record: RunRecord, backbone: str, out_suffix: str | None = None)
         elif option == "--out":
             value = value if eq else next(tokens, "")
             argv += ["--out", _with_suffix(value, suffix, is_file=is_file)]
-        elif option == "--plugin" and record.kind == "eval":
+        elif option == "--plugin" and record.command[:1] == ["eval"]:
             value = value if eq else next(tokens, "")
             folders = [_with_suffix(v, suffix, is_file=False) for v in value.split(",")]
             argv += ["--plugin", ",".join(folders)]
