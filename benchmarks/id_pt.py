@@ -26,6 +26,7 @@ import torch
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, resolve_backbone
 from frozenlm.evaluate import EvalConfig, classification_prompter
+from frozenlm.plugins import soft_tokens_by_row
 from frozenlm.plugins.prompt_generator import (
     EncoderKind,
     MiniLMEncoder,
@@ -57,11 +58,7 @@ def measure(
 
     @torch.no_grad()
     def generate() -> list[torch.Tensor]:
-        out: list[torch.Tensor] = []
-        for name in dict.fromkeys(t.name for t, _ in rows):
-            group = [(t, ex) for t, ex in rows if t.name == name]
-            out += generator.soft_tokens(group[0][0].spec, [ex for _, ex in group])
-        return out
+        return soft_tokens_by_row([(generator, t.spec, ex) for t, ex in rows])
 
     soft = generate()
     requests = [

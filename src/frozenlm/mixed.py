@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from frozenlm.backbone import Backbone
 from frozenlm.errors import ConfigError
 from frozenlm.evaluate import EvalConfig, classification_prompter
-from frozenlm.plugins import SoftTokenSource
+from frozenlm.plugins import SoftTokenSource, soft_tokens_by_row
 from frozenlm.prompting import Prompter
 from frozenlm.scoring import ScoreRequest, score_batch, token_budget_batches
 from frozenlm.splice import Piece
@@ -48,19 +48,15 @@ class RowScores:
 
 
 def _soft_tokens(rows: Sequence[PluggedRow]) -> list[torch.Tensor | None]:
-    """Each row's soft tokens, asking each plug-in once per task it serves in the batch."""
-    out: list[torch.Tensor | None] = [None] * len(rows)
-    groups: dict[tuple[int, str], list[int]] = {}
-    for i, row in enumerate(rows):
-        if row.plugin is not None:
-            groups.setdefault((id(row.plugin), row.task.name), []).append(i)
+    """Each row's soft tokens (None for rows without a plug-in)."""
+    plugged = [i for i, row in enumerate(rows) if row.plugin is not None]
     with torch.no_grad():
-        for index in groups.values():
-            first = rows[index[0]]
-            assert first.plugin is not None
-            tokens = first.plugin.soft_tokens(first.task.spec, [rows[i].example for i in index])
-            for i, t in zip(index, tokens, strict=True):
-                out[i] = t.detach()
+        tokens = soft_tokens_by_row(
+            [(rows[i].plugin, rows[i].task.spec, rows[i].example) for i in plugged]  # type: ignore[misc]
+        )
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    for i, row_tokens in zip(plugged, tokens, strict=True):
+        out[i] = row_tokens.detach()
     return out
 
 

@@ -37,7 +37,7 @@ from frozenlm.checkpoint import (
 )
 from frozenlm.errors import ConfigError
 from frozenlm.evaluate import EvalConfig, evaluate
-from frozenlm.plugins import SoftTokenSource
+from frozenlm.plugins import SoftTokenSource, soft_tokens_by_row
 from frozenlm.prefix_cache import PrefixCache, common_prefix_length
 from frozenlm.prompting import PromptConfig, Prompter
 from frozenlm.splice import IGNORE_INDEX, pack, splice
@@ -195,17 +195,6 @@ def batch_loss(
     return target_loss(backbone, hidden, packed.labels)
 
 
-def row_soft_tokens(plugin: SoftTokenSource, rows: Sequence[Row]) -> list[torch.Tensor]:
-    """Soft tokens of each row from its task's plug-in, one call per task in the batch."""
-    out: list[torch.Tensor | None] = [None] * len(rows)
-    for name in dict.fromkeys(r.task.name for r in rows):
-        index = [i for i, r in enumerate(rows) if r.task.name == name]
-        tokens = plugin.soft_tokens(rows[index[0]].task, [rows[i].example for i in index])
-        for i, row_tokens in zip(index, tokens, strict=True):
-            out[i] = row_tokens
-    return [t for t in out if t is not None]
-
-
 def make_optimizer(
     params: list[nn.Parameter] | list[dict[str, Any]], config: TrainConfig
 ) -> torch.optim.Optimizer:
@@ -330,7 +319,7 @@ def train(
         for micro in range(config.grad_accum):
             first = (step * config.grad_accum + micro) * config.batch_size
             batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
-            soft = row_soft_tokens(source, batch)
+            soft = soft_tokens_by_row([(source, r.task, r.example) for r in batch])
             prefixes, targets = [r.prefix for r in batch], [r.target for r in batch]
             loss = batch_loss(backbone, soft, prefixes, targets) / config.grad_accum
             loss.backward()

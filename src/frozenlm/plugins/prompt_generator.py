@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from frozenlm.backbone import Backbone
 from frozenlm.errors import CheckpointError, ConfigError
@@ -109,12 +110,9 @@ class InputEncoder(Protocol):
 
 def _pad(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad [L_b, E] rows into states [B, L, E] and a mask [B, L]."""
-    longest = max(int(r.shape[0]) for r in rows)
-    states = rows[0].new_zeros(len(rows), longest, rows[0].shape[1])  # [B, L, E]
-    mask = torch.zeros(len(rows), longest, dtype=torch.bool)
-    for b, row in enumerate(rows):
-        states[b, : row.shape[0]] = row
-        mask[b, : row.shape[0]] = True
+    states = pad_sequence(list(rows), batch_first=True)  # [B, L, E], zeros after each row
+    lengths = torch.tensor([int(r.shape[0]) for r in rows])
+    mask = torch.arange(states.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
     return states, mask
 
 
