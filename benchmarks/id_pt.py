@@ -25,15 +25,15 @@ import torch
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, resolve_backbone
-from frozenlm.evaluate import EvalConfig, classification_prompter
-from frozenlm.plugins import soft_tokens_by_row
+from frozenlm.engine.scoring import ScoreRequest, score_batch
+from frozenlm.evaluation.evaluate import EvalConfig, classification_prompter
 from frozenlm.plugins.prompt_generator import (
     EncoderKind,
     MiniLMEncoder,
     PromptGenerator,
     PromptGeneratorConfig,
 )
-from frozenlm.scoring import ScoreRequest, score_batch
+from frozenlm.plugins.protocol import soft_tokens_by_row
 from frozenlm.tasks import Example, Task, load_task
 
 TASKS = ("sentiment", "topic", "trec", "tweets")

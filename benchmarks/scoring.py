@@ -22,8 +22,8 @@ import torch
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone
-from frozenlm.prompting import PromptConfig, Prompter
-from frozenlm.scoring import ScoreRequest, score_batch
+from frozenlm.engine.scoring import ScoreRequest, score_batch
+from frozenlm.prompts.render import PromptConfig, Prompter
 from frozenlm.tasks import load_task
 
 

@@ -33,15 +33,15 @@ from transformers import AutoModelForCausalLM
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, embedded_model_folder
-from frozenlm.evaluate import EvalConfig
+from frozenlm.engine.prefix_cache import PrefixCache
+from frozenlm.engine.scoring import ScoreRequest, score_batch, token_budget_batches
+from frozenlm.engine.splice import IGNORE_INDEX
+from frozenlm.evaluation.evaluate import EvalConfig
 from frozenlm.measure import PeakMemory
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
-from frozenlm.prefix_cache import PrefixCache
-from frozenlm.prompting import PromptConfig, Prompter
-from frozenlm.scoring import ScoreRequest, score_batch, token_budget_batches
-from frozenlm.splice import IGNORE_INDEX
+from frozenlm.prompts.render import PromptConfig, Prompter
 from frozenlm.tasks import load_task
-from frozenlm.train import TrainConfig, batch_loss, make_optimizer
+from frozenlm.training.loop import TrainConfig, batch_loss, make_optimizer
 
 P_TRAIN, P_CACHE, BATCH = 20, 100, 8
 

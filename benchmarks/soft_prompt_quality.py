@@ -18,12 +18,13 @@ from typing import Any
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone
-from frozenlm.evaluate import EvalConfig, evaluate
-from frozenlm.peft_prompt import PeftPromptConfig, train_peft_prompt
+from frozenlm.codec import to_json
+from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig
 from frozenlm.tasks import load_task
-from frozenlm.train import TrainConfig, train_plugin
+from frozenlm.training.loop import TrainConfig, train_plugin
+from frozenlm.training.peft_prompt import PeftPromptConfig, train_peft_prompt
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
             backbone,
             [name],
             "soft-prompt",
-            SoftPromptConfig(length=args.prompt_length).to_json(),
+            to_json(SoftPromptConfig(length=args.prompt_length)),
             TrainConfig(steps=args.steps, seed=args.seed),
             run,
             resume=(run / "last").exists(),

@@ -10,8 +10,8 @@ import torch
 
 from frozenlm.atomic import build_folder
 from frozenlm.backbone import Backbone, TinyConfig, _is_complete
+from frozenlm.engine.splice import splice
 from frozenlm.errors import ConfigError
-from frozenlm.splice import splice
 
 
 def test_backbone_is_frozen_by_construction(tiny: Backbone) -> None:

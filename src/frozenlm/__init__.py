@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Backbone": "frozenlm.backbone",
-    "EvalConfig": "frozenlm.evaluate",
-    "Report": "frozenlm.evaluate",
-    "evaluate": "frozenlm.evaluate",
+    "EvalConfig": "frozenlm.evaluation.evaluate",
+    "Report": "frozenlm.evaluation.evaluate",
+    "evaluate": "frozenlm.evaluation.evaluate",
     "Example": "frozenlm.tasks",
     "Task": "frozenlm.tasks",
     "TaskSpec": "frozenlm.tasks",

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from frozenlm.backbone import Backbone, TinyConfig
+from frozenlm.codec import to_json
 from frozenlm.errors import CheckpointError, ConfigError
-from frozenlm.evaluate import EvalConfig, evaluate
+from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.prompt_generator import (
     BackboneEmbeddingEncoder,
     EncoderKind,
@@ -19,7 +20,7 @@ from frozenlm.plugins.prompt_generator import (
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import load_task
-from frozenlm.train import TrainConfig, train_plugin
+from frozenlm.training.loop import TrainConfig, train_plugin
 
 SMALL = PromptGeneratorConfig(length=3, width=32, heads=2, ffn=64)
 
@@ -97,7 +98,7 @@ def test_bad_configs_are_refused() -> None:
 def test_checkpoint_round_trip_and_wrong_shapes(tiny: Backbone, tmp_path: Path) -> None:
     config = TrainConfig(steps=2, batch_size=4, eval_every=2, eval_limit=4, lr=1e-2, task_cap=16,
                          optimizer="adamw")  # fmt: skip
-    train_plugin(tiny, ["sentiment", "trec"], "id-pt", SMALL.to_json(), config, tmp_path / "g")
+    train_plugin(tiny, ["sentiment", "trec"], "id-pt", to_json(SMALL), config, tmp_path / "g")
     loaded, checkpoint = load_plugin(tmp_path / "g", tiny)
     assert isinstance(loaded, PromptGenerator) and checkpoint.meta["kind"] == "id-pt"
     task = load_task("topic")  # a task it never saw: it reads the instruction
@@ -109,7 +110,7 @@ def test_checkpoint_round_trip_and_wrong_shapes(tiny: Backbone, tmp_path: Path) 
     other = Backbone.tiny(TinyConfig(seed=1))  # same shapes, other weights
     with pytest.raises(CheckpointError, match="pass --allow-other-backbone"):
         load_plugin(tmp_path / "g", other)
-    wider = PromptGeneratorConfig(**{**SMALL.to_json(), "width": 64})
+    wider = PromptGeneratorConfig(**{**to_json(SMALL), "width": 64})
     with pytest.raises(CheckpointError, match=r"tensor '.*' is .* in the checkpoint but"):
         PromptGenerator.from_tensors(checkpoint.tensors, wider, tiny)
 

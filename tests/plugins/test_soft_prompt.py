@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from frozenlm.backbone import Backbone
+from frozenlm.codec import from_json, to_json
+from frozenlm.engine.generation import GenerationConfig, generate
+from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.errors import ConfigError
-from frozenlm.generation import GenerationConfig, generate
 from frozenlm.plugins.soft_prompt import (
     PromptInit,
     SoftPromptConfig,
@@ -11,7 +13,6 @@ from frozenlm.plugins.soft_prompt import (
     common_token_ids,
     initial_prompt,
 )
-from frozenlm.scoring import ScoreRequest, score_batch
 from frozenlm.tasks import load_task
 
 
@@ -110,4 +111,4 @@ def test_a_shared_prompt_serves_every_task_and_starts_from_all_their_labels(
     words = ["positive", "negative", "neutral"]
     ids = [i for w in words for i in tiny.tokenizer.encode(" " + w, add_special_tokens=False)]
     torch.testing.assert_close(shared.prompt("*")[: len(ids)], tiny.embed(torch.tensor(ids)))
-    assert SoftPromptConfig.from_json(config.to_json()).shared
+    assert from_json(SoftPromptConfig, to_json(config)).shared

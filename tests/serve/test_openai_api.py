@@ -13,7 +13,7 @@ import torch
 
 from conftest import LocalServer
 from frozenlm.backbone import Backbone
-from frozenlm.generation import GenerationConfig, generate
+from frozenlm.engine.generation import GenerationConfig, generate
 
 
 def post(server: LocalServer, route: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import pytest
 from conftest import LocalServer, write_toy_task
 from frozenlm.backbone import Backbone
 from frozenlm.errors import ConfigError
-from frozenlm.prompting import PromptConfig, Prompter
+from frozenlm.prompts.render import PromptConfig, Prompter
 from frozenlm.supericl import (
     LocalBackend,
     OpenAIBackend,
     OpenAIConfig,
-    PluginClassifier,
+    SmallClassifier,
     SuperICLConfig,
     pick_demos,
     run_supericl,
@@ -60,7 +60,7 @@ def test_demonstrations_and_test_input_carry_the_plugin_line(tokenizer: object, 
 def _run(backend: object, toy: Task, tokenizer: object, **options: object):
     config = SuperICLConfig(shots=4, limit=12, **options)  # type: ignore[arg-type]
     demos = pick_demos(toy, config)
-    plugin = PluginClassifier.tiny(toy)
+    plugin = SmallClassifier.tiny(toy)
     return run_supericl(toy, backend, plugin, demos, tokenizer, config)  # type: ignore[arg-type]
 
 
@@ -103,7 +103,7 @@ def test_an_overflowing_context_drops_demonstrations_not_the_input(
 ) -> None:
     config = SuperICLConfig(shots=4, limit=3)
     demos = pick_demos(toy, config)
-    plugin = PluginClassifier.tiny(toy)
+    plugin = SmallClassifier.tiny(toy)
     backend = LocalBackend(tiny, chat_template=False)
     with caplog.at_level(logging.WARNING):
         result = run_supericl(toy, backend, plugin, demos, tiny.tokenizer, config, max_tokens=60)

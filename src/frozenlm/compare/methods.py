@@ -18,16 +18,14 @@ from typing import Any, Protocol
 import torch
 
 from frozenlm.backbone import Backbone
-from frozenlm.checkpoint import load_checkpoint, save_checkpoint
-from frozenlm.evaluate import EvalConfig, Report
-from frozenlm.finetune import FineTuned, LoraSettings, full_copy, lora_copy
-from frozenlm.peft_prompt import PeftPromptConfig, train_peft_prompt
-from frozenlm.plugins import SoftTokenSource
+from frozenlm.codec import to_json
+from frozenlm.evaluation.evaluate import EvalConfig, Report
+from frozenlm.plugins.checkpoint import load_checkpoint, save_checkpoint
 from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
-from frozenlm.plugins.registry import load_plugin, plugin_kind, plugin_meta
+from frozenlm.plugins.protocol import Plugin
+from frozenlm.plugins.registry import load_plugin, plugin_meta, plugin_method
 from frozenlm.plugins.soft_prompt import SoftPromptConfig
 from frozenlm.supericl.backends import LocalBackend
-from frozenlm.supericl.plugin_model import PluginClassifier, PluginTrainConfig
 from frozenlm.supericl.run import (
     SuperICLConfig,
     as_report,
@@ -35,8 +33,11 @@ from frozenlm.supericl.run import (
     plugin_report,
     run_supericl,
 )
+from frozenlm.supericl.small_classifier import ClassifierTrainConfig, SmallClassifier
 from frozenlm.tasks import Example, Task
-from frozenlm.train import TrainConfig, train
+from frozenlm.training.finetune import FineTuned, LoraSettings, full_copy, lora_copy
+from frozenlm.training.loop import TrainConfig, train
+from frozenlm.training.peft_prompt import PeftPromptConfig, train_peft_prompt
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Fitted:
 
     backbone: Backbone
     eval_config: EvalConfig
-    plugin: SoftTokenSource | None = None
+    plugin: Plugin | None = None
     trainable_parameters: int = 0
     labelled_train: int = 0
     labelled_dev: int = 0
@@ -180,7 +181,7 @@ class TrainedPlugin:
         return None
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        kind = plugin_kind(self.name)
+        kind = plugin_method(self.name)
         plugin = kind.build(self.config, backbone, [task.spec], seed)
         meta = plugin_meta(self.name, self.config, backbone, [task], [task.name])
         result = train(backbone, plugin, [task], _train_config(budget, seed), work, meta=meta)
@@ -188,8 +189,8 @@ class TrainedPlugin:
         return Fitted(
             backbone,
             EvalConfig(seed=seed),
-            plugin=best,  # type: ignore[arg-type]
-            trainable_parameters=sum(p.numel() for p in plugin.parameters() if p.requires_grad),
+            plugin=best,
+            trainable_parameters=plugin.num_trainable(),
             labelled_train=len(task.train),
             labelled_dev=min(budget.dev_limit, len(task.dev)),
             train_seconds=result.seconds,
@@ -211,7 +212,7 @@ class PeftPrompt:
         config = PeftPromptConfig(steps=budget.steps, batch_size=budget.batch_size, seed=seed)
         result = train_peft_prompt(backbone, task, config)
         meta = plugin_meta(
-            "soft-prompt", result.plugin.config.to_json(), backbone, [task], [task.name]
+            "soft-prompt", to_json(result.plugin.config), backbone, [task], [task.name]
         )
         save_checkpoint(work / "best", result.plugin.tensors(), meta)
         return Fitted(
@@ -285,11 +286,11 @@ class FullFineTuning(_FineTuning):
         return full_copy(backbone)
 
 
-def _plugin_train_config(budget: Budget, size: int, seed: int) -> PluginTrainConfig:
+def _plugin_train_config(budget: Budget, size: int, seed: int) -> ClassifierTrainConfig:
     """The plug-in classifier sees as many examples, in batches as large, as every other
     trained method: `budget.steps` x `budget.batch_size` rows."""
     epochs = max(1, math.ceil(budget.steps * budget.batch_size / max(size, 1)))
-    return PluginTrainConfig(
+    return ClassifierTrainConfig(
         epochs=epochs,
         max_train=None,
         batch_size=budget.batch_size,
@@ -322,15 +323,15 @@ class _SmallModelMethod:
 
     def _train(
         self, task: Task, budget: Budget, seed: int, work: Path
-    ) -> tuple[PluginClassifier, list[Example]]:
+    ) -> tuple[SmallClassifier, list[Example]]:
         demos = pick_demos(task, _supericl_config(budget, task, seed))
         config = _plugin_train_config(budget, len(task.train) - len(demos), seed)
-        plugin = PluginClassifier.train(task, config, exclude=[d.id for d in demos])
+        plugin = SmallClassifier.train(task, config, exclude=[d.id for d in demos])
         plugin.save(work / "best")
         return plugin, demos
 
     def _fitted(
-        self, backbone: Backbone, plugin: PluginClassifier, budget: Budget, work: Path
+        self, backbone: Backbone, plugin: SmallClassifier, budget: Budget, work: Path
     ) -> Fitted:
         return Fitted(
             backbone,
@@ -388,12 +389,12 @@ METHODS: dict[str, Method] = {
     "zero-shot": ZeroShot(),
     "few-shot": FewShot(),
     # Lester et al. 2021: class-label init, Adafactor lr 0.3.
-    "soft-prompt": TrainedPlugin("soft-prompt", SoftPromptConfig().to_json()),
+    "soft-prompt": TrainedPlugin("soft-prompt", to_json(SoftPromptConfig())),
     "peft-prompt": PeftPrompt(),
     "lora": Lora(),
     "full-ft": FullFineTuning(),
     # Levine et al. 2022: a generator writes each input's prompt (here trained on one task).
-    "id-pt": TrainedPlugin("id-pt", PromptGeneratorConfig().to_json()),
+    "id-pt": TrainedPlugin("id-pt", to_json(PromptGeneratorConfig())),
     "plugin": PluginAlone(),
     "supericl": SuperICLMethod(),
 }

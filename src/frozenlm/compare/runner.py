@@ -27,7 +27,7 @@ from frozenlm.backbone import Backbone
 from frozenlm.compare.domain import SHIFTS, load_compare_task, shifted
 from frozenlm.compare.methods import BUDGETS, METHODS, Budget, Fitted, Method, folder_bytes
 from frozenlm.errors import ConfigError
-from frozenlm.evaluate import EvalConfig, Report, evaluate
+from frozenlm.evaluation.evaluate import EvalConfig, Report, evaluate
 from frozenlm.measure import PeakMemory
 from frozenlm.tasks import Task
 from frozenlm.tasks.splits import balanced_sample

@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from frozenlm.backbone import Backbone
 from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.plugins.protocol import count_trainable
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, initial_prompt
 from frozenlm.tasks import Example, TaskSpec
 
@@ -72,26 +73,6 @@ class PromptGeneratorConfig:
                 raise ConfigError(f"prompt generator {name} must be at least 1")
         if self.width % self.heads:
             raise ConfigError(f"width {self.width} is not divisible by {self.heads} heads")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "length": self.length,
-            "encoder": self.encoder.value,
-            "width": self.width,
-            "layers": self.layers,
-            "heads": self.heads,
-            "ffn": self.ffn,
-            "max_input_tokens": self.max_input_tokens,
-            "dropout": self.dropout,
-            "network_lr_scale": self.network_lr_scale,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PromptGeneratorConfig:
-        try:
-            return cls(**{k: data[k] for k in cls().to_json() if k in data})
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"bad prompt generator config {dict(data)}: {err}") from err
 
 
 def generator_text(spec: TaskSpec, example: Example) -> str:
@@ -145,7 +126,7 @@ class MiniLMEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         from frozenlm.backbone import quiet_loading
-        from frozenlm.demos import default_encoder_path
+        from frozenlm.prompts.demos import default_encoder_path
 
         folder = path or default_encoder_path()
         with quiet_loading():
@@ -187,8 +168,8 @@ def make_encoder(config: PromptGeneratorConfig, backbone: Backbone) -> InputEnco
 class PromptGenerator(nn.Module):
     """Writes a soft prompt [P, D] for each input from its instruction and text."""
 
-    kind = "id-pt"
-    input_independent = False
+    method = "id-pt"
+    reads_input = True
     serves_any_task = True  # it reads the instruction, so it can be asked about unseen tasks
 
     def __init__(
@@ -225,8 +206,9 @@ class PromptGenerator(nn.Module):
     ) -> PromptGenerator:
         """A new generator that writes, for every input, the shared soft prompt of `specs`
         (Lester's class-label init over all their labels) until training teaches it more."""
-        torch.manual_seed(seed)
-        generator = cls(config, make_encoder(config, backbone), backbone.hidden_size)
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched
+            torch.manual_seed(seed)
+            generator = cls(config, make_encoder(config, backbone), backbone.hidden_size)
         shared = SoftPromptConfig(length=config.length, shared=True)
         with torch.no_grad():
             generator.base.copy_(initial_prompt(backbone, shared, specs, seed))
@@ -284,4 +266,4 @@ class PromptGenerator(nn.Module):
         return {n: t.detach().clone() for n, t in self.state_dict().items()}
 
     def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return count_trainable(self)

@@ -18,6 +18,7 @@ from torch import nn
 
 from frozenlm.backbone import Backbone
 from frozenlm.errors import ConfigError
+from frozenlm.plugins.protocol import count_trainable, single_group
 from frozenlm.tasks import Example, TaskSpec
 
 
@@ -54,25 +55,6 @@ class SoftPromptConfig:
         if self.length < 1:
             raise ConfigError(f"prompt length must be at least 1, got {self.length}")
         object.__setattr__(self, "init", PromptInit(self.init))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "length": self.length,
-            "init": self.init.value,
-            "vocab_size": self.vocab_size,
-            "random_range": self.random_range,
-            "shared": self.shared,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SoftPromptConfig:
-        return cls(
-            length=int(data["length"]),
-            init=PromptInit(data["init"]),
-            vocab_size=int(data.get("vocab_size", 5000)),
-            random_range=float(data.get("random_range", 0.5)),
-            shared=bool(data.get("shared", False)),
-        )
 
 
 def common_token_ids(backbone: Backbone, count: int) -> list[int]:
@@ -114,8 +96,8 @@ SHARED = "*"
 class SoftPromptSet(nn.Module):
     """One soft prompt per task (or one for all); rows of a batch may belong to different tasks."""
 
-    kind = "soft-prompt"
-    input_independent = True  # evaluation computes each prompt's keys and values once
+    method = "soft-prompt"
+    reads_input = False  # evaluation computes each prompt's keys and values once
 
     def __init__(self, prompts: Mapping[str, torch.Tensor], config: SoftPromptConfig) -> None:
         super().__init__()
@@ -173,5 +155,8 @@ class SoftPromptSet(nn.Module):
         }
         return cls(prompts, config)
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return single_group(self, lr)
+
     def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return count_trainable(self)

@@ -17,7 +17,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from frozenlm.backbone import Backbone
-from frozenlm.generation import Generation, GenerationConfig, generate_detailed
+from frozenlm.engine.generation import Generation, GenerationConfig, generate_detailed
 
 MAX_TOP_LOGPROBS = 20
 

@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, cache_dir
+from frozenlm.engine.generation import GenerationConfig, generate
 from frozenlm.errors import ConfigError, FrozenLMError
-from frozenlm.evaluate import EvalConfig, label_candidates, score_prompts
-from frozenlm.generation import GenerationConfig, generate
-from frozenlm.prompting import Prompter, RenderedPrompt
+from frozenlm.evaluation.evaluate import EvalConfig, label_candidates, score_prompts
+from frozenlm.prompts.render import Prompter, RenderedPrompt
 from frozenlm.tasks.spec import Task
 
 log = logging.getLogger(__name__)

@@ -11,15 +11,15 @@ from typing import Any
 
 from frozenlm.errors import ConfigError
 from frozenlm.supericl.backends import Backend
-from frozenlm.supericl.plugin_model import MARKER, PluginClassifier, PluginTrainConfig
 from frozenlm.supericl.run import SuperICLConfig, SuperICLResult, pick_demos, run_supericl
+from frozenlm.supericl.small_classifier import MARKER, ClassifierTrainConfig, SmallClassifier
 from frozenlm.tasks.spec import Example, Task
 
 log = logging.getLogger(__name__)
 
 
 def plugin_identity(
-    task: Task, excluded: list[str], train: PluginTrainConfig, encoder: str | None
+    task: Task, excluded: list[str], train: ClassifierTrainConfig, encoder: str | None
 ) -> dict[str, Any]:
     """What makes a trained plug-in reusable for a run: the same data, exclusions and recipe."""
     return {
@@ -37,25 +37,25 @@ def get_plugin(
     config: SuperICLConfig,
     *,
     plugin: str = "default",
-    train: PluginTrainConfig = PluginTrainConfig(),
+    train: ClassifierTrainConfig = ClassifierTrainConfig(),
     save_to: str | Path | None = None,
     encoder: str | None = None,
-) -> PluginClassifier:
+) -> SmallClassifier:
     """The user's plug-in folder (`plugin` = a path), or the default MiniLM plug-in: loaded from
     `save_to` when it was trained the same way, else trained and saved there."""
     if plugin != "default":
         path = Path(plugin)
         if not path.exists():
             raise ConfigError(f"--plugin '{plugin}' is neither 'default' nor an existing folder")
-        return PluginClassifier.load(path, task.spec)
+        return SmallClassifier.load(path, task.spec)
     excluded = [] if config.in_sample_demos else [d.id for d in demos]
     identity = plugin_identity(task, excluded, train, encoder)
     if save_to is not None and (Path(save_to) / MARKER).is_file():
         saved = json.loads((Path(save_to) / MARKER).read_text())
         if saved.get("identity") == identity:
             log.warning("reusing the plug-in trained earlier in %s", save_to)
-            return PluginClassifier.load(save_to, task.spec)
-    trained = PluginClassifier.train(task, train, exclude=excluded, encoder=encoder)
+            return SmallClassifier.load(save_to, task.spec)
+    trained = SmallClassifier.train(task, train, exclude=excluded, encoder=encoder)
     trained.info["identity"] = identity
     if save_to is not None:
         trained.save(save_to)
@@ -69,7 +69,7 @@ def supericl_job(
     config: SuperICLConfig,
     *,
     plugin: str = "default",
-    train: PluginTrainConfig = PluginTrainConfig(),
+    train: ClassifierTrainConfig = ClassifierTrainConfig(),
     save_plugin_to: str | Path | None = None,
     max_tokens: int | None = None,
 ) -> SuperICLResult:

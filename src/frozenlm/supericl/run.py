@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from frozenlm.demos import DemoSelector
 from frozenlm.errors import ConfigError, DataError
-from frozenlm.evaluate import Report
+from frozenlm.evaluation.evaluate import Report
 from frozenlm.metrics import Interval, bootstrap, majority_label
-from frozenlm.prompting import PromptConfig, Prompter, RenderedPrompt
+from frozenlm.prompts.demos import DemoSelector
+from frozenlm.prompts.render import PromptConfig, Prompter, RenderedPrompt
 from frozenlm.supericl.backends import EXPLAIN_CUE, Backend, Choice
-from frozenlm.supericl.plugin_model import PluginClassifier, PluginPrediction
+from frozenlm.supericl.small_classifier import ClassifierPrediction, SmallClassifier
 from frozenlm.tasks.spec import Example, Task
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def plugin_note(name: str, verbalizer: str, confidence: float | None) -> str:
 def run_supericl(
     task: Task,
     backend: Backend,
-    plugin: PluginClassifier,
+    plugin: SmallClassifier,
     demos: Sequence[Example],
     tokenizer: Any,
     config: SuperICLConfig = SuperICLConfig(),
@@ -245,7 +245,7 @@ def _answer_tokens(tokenizer: Any, verbalizers: Any) -> int:
 
 def _rows(
     examples: Sequence[Example],
-    plugin: dict[str, PluginPrediction],
+    plugin: dict[str, ClassifierPrediction],
     choices: dict[str, list[Choice]],
 ) -> list[dict[str, Any]]:
     rows = []
@@ -310,7 +310,7 @@ def _score(
     result.metrics = metrics
 
 
-def _plugin_summary(plugin: PluginClassifier) -> dict[str, Any]:
+def _plugin_summary(plugin: SmallClassifier) -> dict[str, Any]:
     keep = ("name", "encoder", "train_examples", "train_seconds", "dev_accuracy", "best_epoch")
     return {k: plugin.info[k] for k in keep if k in plugin.info} | {
         "parameters": plugin.num_parameters
@@ -341,7 +341,7 @@ def as_report(result: SuperICLResult, variant: str, fingerprint: str = "") -> Re
 
 
 def plugin_report(
-    plugin: PluginClassifier, task: Task, examples: Sequence[Example], seed: int = 0
+    plugin: SmallClassifier, task: Task, examples: Sequence[Example], seed: int = 0
 ) -> Report:
     """The plug-in classifier alone on `examples`, as an `evaluate.Report`."""
     start = time.perf_counter()

@@ -1,0 +1,419 @@
+"""`evaluate`: examples in, a `Report` out. Pure: it writes no files.
+
+Classification is rank classification over the label verbalizers (optionally length-normalised
+and contextually calibrated); generation is greedy decoding scored by exact match and token F1.
+A majority-class baseline is always computed beside classification results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from frozenlm.backbone import Backbone
+from frozenlm.engine.generation import GenerationConfig, generate
+from frozenlm.engine.prefix_cache import PrefixCache, common_prefix_length
+from frozenlm.engine.scoring import ScoreRequest, score_batch, token_budget_batches
+from frozenlm.engine.splice import Piece
+from frozenlm.errors import ConfigError, DataError
+from frozenlm.metrics import (
+    Interval,
+    bootstrap,
+    confusion_matrix,
+    exact_match,
+    macro_f1,
+    majority_label,
+    token_f1,
+)
+from frozenlm.plugins.protocol import Plugin
+from frozenlm.prompts.demos import DemoSelector
+from frozenlm.prompts.render import PromptConfig, Prompter, RenderedPrompt
+from frozenlm.tasks import Example, Task
+
+log = logging.getLogger(__name__)
+
+PROMPT_METHODS = ("zero-shot", "few-shot")
+# A plug-in's contribution to a batch: per-row soft tokens, or pieces every row starts with (an
+# input-independent soft prompt), whose keys and values are then computed once.
+Plugged = tuple[Sequence[torch.Tensor] | None, Sequence[Piece] | None]
+MIN_SHARED_TOKENS = 8  # a common text prefix shorter than this is not worth a separate forward
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, contextual calibration
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate a task with prompt design."""
+
+    method: Literal["zero-shot", "few-shot"] = "zero-shot"
+    """zero-shot: instruction and input only; few-shot: `shots` demonstrations from train."""
+    shots: int = 4
+    """Demonstrations for few-shot (ignored by zero-shot)."""
+    selection: Literal["random", "balanced", "nearest"] = "balanced"
+    """How demonstrations are chosen: a random or class-balanced fixed set, or the nearest
+    training examples by MiniLM embedding (per input)."""
+    framing: Literal["plain", "qa", "label"] = "plain"
+    """plain: `input / Answer:`; qa: `Q: input / A:`; label: `input / Label:`."""
+    chat_template: bool = True
+    """Wrap the prompt in the backbone's chat template when it has one."""
+    chain_of_thought: bool = False
+    """Generation tasks: reason step by step before the answer."""
+    calibrate: bool = False
+    """Contextual calibration: divide label probabilities by those on content-free inputs."""
+    length_normalize: bool = False
+    """Score multi-token verbalizers by mean instead of summed log-probability."""
+    split: str = "test"
+    """Split to evaluate."""
+    limit: int | None = None
+    """Evaluate only the first N examples of the split (its order is a seeded shuffle)."""
+    max_prompt_tokens: int = 2048
+    """Context budget per prompt (capped by the backbone's context length)."""
+    max_new_tokens: int = 32
+    """Generation: tokens to generate (128 with chain of thought unless set)."""
+    batch_tokens: int = 4096
+    """Padded tokens per forward batch."""
+    batch_rows: int = 16
+    """Rows per forward batch."""
+    seed: int = 0
+    """Seed for demonstration choice and bootstrap resampling."""
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(
+            shots=self.shots if self.method == "few-shot" else 0,
+            selection=self.selection,
+            framing=self.framing,
+            chat_template=self.chat_template,
+            chain_of_thought=self.chain_of_thought,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class Report:
+    """The result of one evaluation; `to_json()` is what `--out` writes."""
+
+    task: str
+    method: str
+    backbone: str
+    fingerprint: str
+    split: str
+    n: int
+    metrics: dict[str, Interval]
+    baseline: dict[str, Interval] = field(default_factory=dict)
+    confusion: dict[str, Any] | None = None
+    seconds: float = 0.0
+    examples_per_s: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    prompt_stats: dict[str, float] = field(default_factory=dict)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["metrics"] = {k: v.to_json() for k, v in self.metrics.items()}
+        data["baseline"] = {k: v.to_json() for k, v in self.baseline.items()}
+        return data
+
+    def headline(self) -> str:
+        """One line per metric, with the baseline beside it."""
+        lines = [f"{self.task} · {self.method} · {self.split} (n={self.n}, {self.backbone})"]
+        for name, value in self.metrics.items():
+            extra = f"   majority baseline {self.baseline[name]}" if name in self.baseline else ""
+            lines.append(f"  {name}: {value}{extra}")
+        lines.append(f"  {self.seconds:.1f} s, {self.examples_per_s:.2f} examples/s")
+        return "\n".join(lines)
+
+
+def _prompt_stats(prompts: Sequence[RenderedPrompt]) -> dict[str, float]:
+    return {
+        "mean_prompt_tokens": sum(len(p.ids) for p in prompts) / max(len(prompts), 1),
+        "prompts_with_dropped_demos": sum(p.dropped_demos > 0 for p in prompts),
+        "truncated_inputs": sum(p.truncated_input for p in prompts),
+    }
+
+
+def label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
+    labels = list(task.spec.labels)
+    ids = [prompter.continuation_ids(task.spec.labels[label]) for label in labels]
+    seen: dict[tuple[int, ...], str] = {}
+    for label, tokens in zip(labels, ids, strict=True):
+        if tuple(tokens) in seen:
+            raise DataError(
+                f"task '{task.name}': the verbalizers of labels '{seen[tuple(tokens)]}' and "
+                f"'{label}' are the same tokens for this tokenizer, so they would score identically"
+            )
+        seen[tuple(tokens)] = label
+    return ids
+
+
+def task_prompter(
+    backbone: Backbone, task: Task, config: EvalConfig, answer_tokens: int
+) -> Prompter:
+    """The prompter of `task` under `config`, leaving `answer_tokens` of the context free."""
+    return Prompter(
+        task.spec,
+        backbone.tokenizer,
+        config.prompt_config(),
+        max_tokens=min(config.max_prompt_tokens, backbone.max_length),
+        answer_tokens=answer_tokens,
+    )
+
+
+def classification_prompter(
+    backbone: Backbone, task: Task, config: EvalConfig
+) -> tuple[Prompter, list[list[int]]]:
+    """A classification task's prompter, with room for its longest verbalizer, and the token
+    ids of each label's verbalizer (in the task's label order)."""
+    candidates = label_candidates(task, task_prompter(backbone, task, config, answer_tokens=0))
+    longest = max(len(c) for c in candidates)
+    return task_prompter(backbone, task, config, answer_tokens=longest), candidates
+
+
+def _shared_prefix(
+    backbone: Backbone,
+    prompts: Sequence[RenderedPrompt],
+    soft: Sequence[torch.Tensor] | None,
+    shared: Sequence[Piece] | None,
+    share_text: bool = True,
+) -> tuple[list[list[Piece]], list[int], PrefixCache | None]:
+    """Each row's own pieces, their lengths, and the KV cache of what all rows start with.
+
+    Rows start with the shared pieces (an input-independent soft prompt) and then, when no
+    per-row soft tokens come first, with the text all prompts have in common (chat template,
+    instruction, fixed demonstrations): both are computed once, not once per row.
+    """
+    ids = [p.ids for p in prompts]
+    common = common_prefix_length(ids) if share_text and soft is None else 0
+    if common < MIN_SHARED_TOKENS:
+        common = 0
+    pieces: list[Piece] = [*(shared or []), *([ids[0][:common]] if common else [])]
+    cache = PrefixCache.compute(backbone, pieces) if pieces else None
+    own = [row[common:] for row in ids]
+    if soft is None:
+        return [[row] for row in own], [len(row) for row in own], cache
+    prefixes: list[list[Piece]] = [[s, row] for s, row in zip(soft, own, strict=True)]
+    return prefixes, [len(row) + int(s.shape[0]) for s, row in zip(soft, own, strict=True)], cache
+
+
+def score_prompts(
+    backbone: Backbone,
+    prompts: Sequence[RenderedPrompt],
+    candidates: list[list[int]],
+    config: EvalConfig,
+    desc: str,
+    soft: Sequence[torch.Tensor] | None = None,
+    shared: Sequence[Piece] | None = None,
+    share_text: bool = True,
+) -> torch.Tensor:
+    """Log-probability scores [N, K] of every label for every prompt.
+
+    `soft`: per-row soft tokens before each prompt; `shared`: pieces before every prompt (an
+    input-independent soft prompt). What all rows start with is computed once (`share_text`:
+    including the text all prompts have in common).
+    """
+    out = torch.zeros(len(prompts), len(candidates))
+    longest = max(len(c) for c in candidates)
+    prefixes, own, cache = _shared_prefix(backbone, prompts, soft, shared, share_text)
+    lengths = [n + longest for n in own]
+    batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
+    with tqdm(total=len(prompts), desc=desc, unit="ex", disable=None, leave=False) as bar:
+        for batch in batches:
+            requests = [ScoreRequest(prefixes[i], candidates) for i in batch]
+            for i, scores in zip(batch, score_batch(backbone, requests, cache), strict=True):
+                out[i] = scores.normalized() if config.length_normalize else scores.logprobs
+            bar.update(len(batch))
+    return out
+
+
+def _content_free_logprobs(
+    backbone: Backbone,
+    prompter: Prompter,
+    demo_sets: dict[tuple[str, ...], list[Example]],
+    candidates: list[list[int]],
+    config: EvalConfig,
+) -> dict[tuple[str, ...], torch.Tensor]:
+    """log p_cf [K] per distinct demonstration set, averaged over the content-free inputs."""
+    keys = list(demo_sets)
+    prompts = [
+        prompter.render_content_free(demo_sets[k], content=c) for k in keys for c in CONTENT_FREE
+    ]
+    scores = score_prompts(backbone, prompts, candidates, config, "calibrating")
+    probs = torch.softmax(scores, dim=-1).view(len(keys), len(CONTENT_FREE), -1).mean(dim=1)
+    return {key: torch.log(probs[i]) for i, key in enumerate(keys)}
+
+
+def evaluate(
+    backbone: Backbone,
+    task: Task,
+    config: EvalConfig = EvalConfig(),
+    plugin: Plugin | None = None,
+) -> Report:
+    """Evaluate `task` on `config.split` on the frozen `backbone`: prompt design alone, or with
+    a plug-in's soft tokens before each prompt."""
+    if config.method not in PROMPT_METHODS:
+        raise ConfigError(
+            f"unknown method '{config.method}'; expected one of {', '.join(PROMPT_METHODS)}"
+        )
+    examples = list(task.split(config.split))[: config.limit]
+    if not examples:
+        raise DataError(f"task '{task.name}' has no examples in its {config.split} split")
+    if config.calibrate and task.spec.kind != "classification":
+        raise ConfigError("--calibrate applies to classification tasks only")
+    if config.calibrate and plugin is not None:
+        raise ConfigError("--calibrate applies to prompt design, not to a trained plug-in")
+    generation = task.spec.kind == "generation"
+    max_new = config.max_new_tokens
+    if generation and config.chain_of_thought and max_new == EvalConfig.max_new_tokens:
+        max_new = 128
+    prompt_config = config.prompt_config()
+    start = time.perf_counter()
+    candidates: list[list[int]] = []
+    if generation:
+        prompter = task_prompter(backbone, task, config, answer_tokens=max_new)
+    else:
+        prompter, candidates = classification_prompter(backbone, task, config)
+    selector = None
+    if prompt_config.shots > 0:
+        selector = DemoSelector(
+            task.train,
+            task.spec,
+            k=prompt_config.shots,
+            selection=config.selection,
+            seed=config.seed,
+        )
+    demos = selector.select_many(examples) if selector else [[] for _ in examples]
+    prompts = [prompter.render(ex, d) for ex, d in zip(examples, demos, strict=True)]
+    soft, shared = None, None
+    if plugin is not None:
+        with torch.no_grad():
+            soft = [t.detach() for t in plugin.soft_tokens(task.spec, examples)]
+        if not plugin.reads_input:
+            # The same soft prompt for every row: its keys and values are computed once.
+            shared, soft = [soft[0]], None
+
+    report = Report(
+        task=task.name,
+        method=plugin.method
+        if plugin is not None
+        else config.method
+        + (f"-{prompt_config.shots}" if prompt_config.shots else "")
+        + ("-cot" if config.chain_of_thought else ""),
+        backbone=backbone.name,
+        fingerprint=backbone.fingerprint,
+        split=config.split,
+        n=len(examples),
+        metrics={},
+        config=asdict(config),
+        prompt_stats=_prompt_stats(prompts),
+    )
+    if generation:
+        _finish_generation(
+            backbone, prompter, examples, prompts, (soft, shared), config, max_new, report
+        )
+    else:
+        _finish_classification(
+            backbone,
+            task,
+            prompter,
+            examples,
+            demos,
+            prompts,
+            (soft, shared),
+            candidates,
+            config,
+            report,
+        )
+    report.seconds = time.perf_counter() - start
+    report.examples_per_s = report.n / report.seconds if report.seconds > 0 else 0.0
+    return report
+
+
+def _finish_classification(
+    backbone: Backbone,
+    task: Task,
+    prompter: Prompter,
+    examples: Sequence[Example],
+    demos: Sequence[list[Example]],
+    prompts: Sequence[RenderedPrompt],
+    plugged: Plugged,
+    candidates: list[list[int]],
+    config: EvalConfig,
+    report: Report,
+) -> None:
+    labels = list(task.spec.labels)
+    desc = f"{task.name} {report.method}"
+    scores = score_prompts(backbone, prompts, candidates, config, desc, *plugged)
+    gold = [ex.label for ex in examples]
+
+    def accuracy(rows: torch.Tensor) -> tuple[list[str], Interval]:
+        predicted = [labels[int(i)] for i in rows.argmax(dim=-1)]
+        correct = [float(p == g) for p, g in zip(predicted, gold, strict=True)]
+        return predicted, bootstrap(correct, seed=config.seed)
+
+    predicted, report.metrics["accuracy"] = accuracy(scores)
+    if config.calibrate:
+        # The same label scores, divided by their content-free probabilities: one run reports both.
+        demo_sets = {tuple(d.id for d in ds): ds for ds in demos}
+        cf = _content_free_logprobs(backbone, prompter, demo_sets, candidates, config)
+        cf_rows = torch.stack([cf[tuple(d.id for d in ds)] for ds in demos])  # [N, K]
+        scores = torch.log_softmax(scores, dim=-1) - cf_rows
+        report.metrics["uncalibrated_accuracy"] = report.metrics["accuracy"]
+        predicted, report.metrics["accuracy"] = accuracy(scores)
+        report.method += "-calibrated"
+    majority = majority_label([ex.label for ex in task.train])
+    report.baseline = {
+        "accuracy": bootstrap([float(g == majority) for g in gold], seed=config.seed)
+    }
+    report.confusion = {
+        "labels": labels,
+        "matrix": confusion_matrix(gold, predicted, labels),
+        "macro_f1": macro_f1(gold, predicted, labels),
+        "majority_label": majority,
+    }
+    report.predictions = [
+        {"id": ex.id, "gold": g, "predicted": p, "scores": [round(float(s), 4) for s in row]}
+        for ex, g, p, row in zip(examples, gold, predicted, scores, strict=True)
+    ]
+
+
+def _finish_generation(
+    backbone: Backbone,
+    prompter: Prompter,
+    examples: Sequence[Example],
+    prompts: Sequence[RenderedPrompt],
+    plugged: Plugged,
+    config: EvalConfig,
+    max_new: int,
+    report: Report,
+) -> None:
+    soft, shared = plugged
+    stop = ("\n\n",) if config.chain_of_thought else ("\n",)
+    gen_config = GenerationConfig(max_new_tokens=max_new, stop=stop)
+    outputs: list[str] = [""] * len(prompts)
+    prefixes, own, cache = _shared_prefix(backbone, prompts, soft, shared)
+    lengths = [n + max_new for n in own]
+    batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
+    with tqdm(
+        total=len(prompts), desc=f"{report.task} generate", unit="ex", disable=None, leave=False
+    ) as bar:
+        for batch in batches:
+            texts = generate(backbone, [prefixes[i] for i in batch], gen_config, cache)
+            for i, text in zip(batch, texts, strict=True):
+                outputs[i] = text
+            bar.update(len(batch))
+    answers = [prompter.extract_answer(text) for text in outputs]
+    refs = [ex.answers or (ex.label,) for ex in examples]
+    em = [exact_match(a, r) for a, r in zip(answers, refs, strict=True)]
+    f1 = [token_f1(a, r) for a, r in zip(answers, refs, strict=True)]
+    report.metrics = {
+        "exact_match": bootstrap(em, seed=config.seed),
+        "f1": bootstrap(f1, seed=config.seed),
+    }
+    report.predictions = [
+        {"id": ex.id, "gold": list(r), "generated": out, "answer": a}
+        for ex, r, out, a in zip(examples, refs, outputs, answers, strict=True)
+    ]

@@ -1,0 +1,414 @@
+"""The one training loop for every plug-in: only plug-in parameters get gradients.
+
+Defaults are the recipe of Lester et al. 2021 for prompt tuning: Adafactor with a constant
+learning rate of 0.3, no parameter scaling, no relative step, weight decay 1e-5, early stopping
+on the dev metric. Rows of a batch may belong to different tasks (mixed-task batches); the data
+order is a pure function of (seed, step), so a run resumed from its last checkpoint finishes
+exactly like an uninterrupted one.
+
+Layout of `out`: the best checkpoint (by dev metric) in `out/best/`, the latest state for
+`--resume` (plug-in, optimizer, RNG, step) in `out/last/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.optimization import Adafactor
+
+from frozenlm.backbone import Backbone
+from frozenlm.engine.prefix_cache import PrefixCache, common_prefix_length
+from frozenlm.engine.splice import IGNORE_INDEX, pack, splice
+from frozenlm.errors import ConfigError
+from frozenlm.evaluation.evaluate import EvalConfig, evaluate
+from frozenlm.plugins.checkpoint import (
+    load_training_state,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from frozenlm.plugins.protocol import Plugin, soft_tokens_by_row
+from frozenlm.prompts.render import PromptConfig, Prompter
+from frozenlm.tasks import Example, Task, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a plug-in is trained (defaults: Lester et al. 2021)."""
+
+    steps: int = 150
+    """Optimizer steps at most (early stopping may end sooner)."""
+    batch_size: int = 8
+    """Rows per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    optimizer: Literal["adafactor", "adamw"] = "adafactor"
+    """adafactor: Lester's recipe; adamw: the choice of PEFT's examples."""
+    lr: float = 0.3
+    """Constant learning rate (Lester: 0.3 with Adafactor)."""
+    weight_decay: float = 1e-5
+    """Weight decay (Lester: 1e-5)."""
+    eval_every: int = 25
+    """Evaluate on dev (and save `last/`) every N steps."""
+    eval_limit: int | None = 200
+    """Dev examples per task per evaluation (None: the whole dev split)."""
+    patience: int = 4
+    """Stop after this many evaluations without a better dev metric (0: never stop early)."""
+    seed: int = 0
+    """Seed of initialisation and data order."""
+    chat_template: bool = True
+    """Render each input with the backbone's chat template around it, as zero-shot prompting."""
+    save_last: bool = True
+    """Save the resumable state (`last/`: weights, optimizer, RNG) at every dev evaluation."""
+    task_cap: int | None = None
+    """Multi-task training: each task contributes at most this many train rows, a seeded sample
+    (examples-proportional mixing with a cap, Raffel et al. 2020), so a large task does not
+    drown the others. None: every row of every task."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.task_cap is not None and self.task_cap < 1:
+            raise ConfigError(f"task-cap must be at least 1, got {self.task_cap}")
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(shots=0, chat_template=self.chat_template, seed=self.seed)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did."""
+
+    best_metric: float
+    best_step: int
+    steps_done: int
+    stopped_early: bool
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One training row: its task, the prompt ids and the target ids after them."""
+
+    task: TaskSpec
+    example: Example
+    prefix: list[int]
+    target: list[int]
+
+
+def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> list[Row]:
+    """Every train example of every task as (prompt ids, target ids): zero-shot prompts whose
+    targets are the label verbalizer (classification) or the reference answer (generation).
+    With `config.task_cap`, a task with more train examples contributes a seeded sample of them."""
+    rows: list[Row] = []
+    for task in tasks:
+        examples = list(task.train)
+        if config.task_cap is not None and len(examples) > config.task_cap:
+            examples = random.Random(config.seed).sample(examples, config.task_cap)
+        prompter = Prompter(
+            task.spec,
+            backbone.tokenizer,
+            config.prompt_config(),
+            max_tokens=min(backbone.max_length, 1024),
+            answer_tokens=32,
+        )
+        for ex in examples:
+            target = prompter.continuation_ids(prompter.demo_answer(ex))
+            rows.append(Row(task.spec, ex, prompter.render(ex).ids, target))
+    if not rows:
+        raise ConfigError("the tasks have no training examples")
+    return rows
+
+
+class DataOrder:
+    """Rows in a seeded permutation per epoch; position p of the stream is a pure function."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self._epochs: dict[int, list[int]] = {}
+
+    def __getitem__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        if epoch not in self._epochs:
+            order = list(range(self.size))
+            random.Random(self.seed * 100_003 + epoch).shuffle(order)
+            self._epochs = {epoch: order}
+        return self._epochs[epoch][offset]
+
+
+def target_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over target tokens; the lm head runs on those positions only.
+
+    hidden [B, T, D] and labels [B, T] (target token at t, IGNORE_INDEX elsewhere): position t-1
+    predicts the token at t.
+    """
+    targets = labels[:, 1:]  # [B, T-1]
+    where = targets != IGNORE_INDEX
+    logits = backbone.lm_logits(hidden[:, :-1][where])  # [N, V], N = target tokens
+    return F.cross_entropy(logits, targets[where])
+
+
+def batch_loss(
+    backbone: Backbone,
+    soft: Sequence[torch.Tensor],
+    prefixes: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Mean target-token loss of rows `soft[b] + prefixes[b] + targets[b]`, computed cheaply.
+
+    When every row starts with the same soft tokens (one task's input-independent prompt, or
+    none), that prompt and the text all rows share (chat template, instruction) are run once and
+    their keys and values reused by every row, with gradients flowing back through them; only
+    each row's own tokens are computed per row. Otherwise the rows are packed without padding.
+    Either way the loss equals that of the plain padded batch.
+    """
+    common = common_prefix_length(prefixes)
+    same = len(soft) > 1 and all(s is soft[0] for s in soft)
+    if same and int(soft[0].shape[0]) + common > 0:
+        shared = PrefixCache.compute(backbone, [soft[0], list(prefixes[0][:common])], grad=True)
+        rows = splice(backbone, [[list(p[common:])] for p in prefixes], targets)
+        rows = shared.after(rows)
+        cache = shared.expand(backbone, len(prefixes))
+        hidden = backbone.forward(rows.embeds, rows.attention_mask, rows.position_ids, cache)
+        assert rows.labels is not None
+        return target_loss(backbone, hidden, rows.labels)
+    packed = pack(backbone, [[s, p] for s, p in zip(soft, prefixes, strict=True)], targets)
+    hidden = backbone.forward(packed.embeds, None, packed.position_ids)
+    return target_loss(backbone, hidden, packed.labels)
+
+
+def make_optimizer(
+    params: list[nn.Parameter] | list[dict[str, Any]], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """`config.optimizer` over the parameters (or parameter groups with their own lr)."""
+    if config.optimizer == "adafactor":
+        return Adafactor(
+            params,
+            lr=config.lr,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+            weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ConfigError(f"unknown optimizer '{config.optimizer}'; expected adafactor or adamw")
+
+
+def dev_metric(
+    backbone: Backbone, plugin: Plugin, tasks: Sequence[Task], config: TrainConfig
+) -> tuple[float, dict[str, float]]:
+    """Mean over tasks of each task's headline dev metric."""
+    per_task = {}
+    for task in tasks:
+        eval_config = EvalConfig(
+            split="dev", limit=config.eval_limit, chat_template=config.chat_template
+        )
+        report = evaluate(backbone, task, eval_config, plugin=plugin)
+        per_task[task.name] = report.metrics[task.spec.metric].value
+    return sum(per_task.values()) / len(per_task), per_task
+
+
+def train(
+    backbone: Backbone,
+    plugin: Plugin,
+    tasks: Sequence[Task],
+    config: TrainConfig,
+    out: Path,
+    *,
+    meta: dict[str, Any],
+    resume: bool = False,
+) -> TrainResult:
+    """Train `plugin` on `tasks`.
+
+    `meta` (plug-in kind and config, task specs, backbone identity) goes into every checkpoint
+    with the training config and metrics.
+    """
+    source = plugin
+    # A plug-in may train its parts at different rates (`param_groups(lr)`).
+    optimizer = make_optimizer(plugin.param_groups(config.lr), config)
+    rows = training_rows(backbone, tasks, config)
+    order = DataOrder(len(rows), config.seed)
+    torch.manual_seed(config.seed)
+    # best is None until the first dev evaluation (JSON has no -inf)
+    # loss_sum / loss_steps: training loss since the last evaluation
+    state: dict[str, Any] = {
+        "step": 0,
+        "best": None,
+        "best_step": 0,
+        "bad": 0,
+        "loss_sum": 0.0,
+        "loss_steps": 0,
+    }
+    history: list[dict[str, Any]] = []
+    meta = {**meta, "train_config": asdict(config)}
+
+    if resume:
+        saved = load_training_state(out / "last")
+        if saved is None:
+            log.warning("no saved training state in %s; starting from step 0", out / "last")
+        else:
+            tensors, saved_meta = saved
+            with torch.no_grad():
+                for name, param in plugin.named_parameters():
+                    param.copy_(tensors[f"param.{name}"])
+            optimizer.load_state_dict(
+                optimizer_state_from_tensors(
+                    {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")},
+                    saved_meta["optimizer"],
+                )
+            )
+            restore_rng_state(
+                {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, saved_meta["rng"]
+            )
+            state = {**state, **saved_meta["loop"]}
+            history = saved_meta["history"]
+
+    def save_last() -> None:
+        opt_tensors, opt_meta = optimizer_state_to_tensors(optimizer.state_dict())
+        rng_tensors, rng_meta = rng_state()
+        training = {f"param.{n}": p.detach().clone() for n, p in plugin.named_parameters()}
+        training |= {f"opt.{k}": v for k, v in opt_tensors.items()}
+        training |= {f"rng.{k}": v for k, v in rng_tensors.items()}
+        last_meta = {**meta, "metrics": {"history": history}}
+        save_checkpoint(
+            out / "last",
+            plugin.tensors(),
+            last_meta,
+            training_tensors=training,
+            training_meta={
+                "optimizer": opt_meta,
+                "rng": rng_meta,
+                "loop": state,
+                "history": history,
+                "run": {
+                    "plugin_config": meta.get("plugin_config"),
+                    "tasks": sorted(meta.get("tasks", {})),
+                    "train_config": asdict(config),
+                    "fingerprint": meta.get("backbone", {}).get("fingerprint"),
+                },
+            },
+        )
+
+    start = time.perf_counter()
+    stopped = False
+    bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step", disable=None)
+    while state["step"] < config.steps and not stopped:
+        step = state["step"]
+        total = 0.0
+        for micro in range(config.grad_accum):
+            first = (step * config.grad_accum + micro) * config.batch_size
+            batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
+            soft = soft_tokens_by_row([(source, r.task, r.example) for r in batch])
+            prefixes, targets = [r.prefix for r in batch], [r.target for r in batch]
+            loss = batch_loss(backbone, soft, prefixes, targets) / config.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        state["loss_sum"] += total
+        state["loss_steps"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.3f}", best=state["best"])
+        if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
+            plugin.eval()
+            metric, per_task = dev_metric(backbone, source, tasks, config)
+            plugin.train()
+            mean_loss = state["loss_sum"] / state["loss_steps"]
+            state.update(loss_sum=0.0, loss_steps=0)
+            history.append(
+                {"step": state["step"], "loss": mean_loss, "dev": metric, "per_task": per_task}
+            )
+            if state["best"] is None or metric > state["best"]:
+                state.update(best=metric, best_step=state["step"], bad=0)
+                best_meta = {
+                    **meta,
+                    "metrics": {"dev": metric, "dev_per_task": per_task, "step": state["step"]},
+                }
+                save_checkpoint(out / "best", plugin.tensors(), best_meta)
+            else:
+                state["bad"] += 1
+            stopped = config.patience > 0 and state["bad"] >= config.patience
+            if config.save_last:
+                save_last()
+            bar.set_postfix(loss=f"{total:.3f}", dev=f"{metric:.3f}", best=f"{state['best']:.3f}")
+    bar.close()
+    return TrainResult(
+        best_metric=state["best"] if state["best"] is not None else float("nan"),
+        best_step=state["best_step"],
+        steps_done=state["step"],
+        stopped_early=stopped,
+        seconds=time.perf_counter() - start,
+        history=history,
+    )
+
+
+def train_plugin(
+    backbone: Backbone,
+    task_refs: Sequence[str],
+    method: str,
+    plugin_config: dict[str, Any],
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+) -> TrainResult:
+    """`frozenlm train`: a new plug-in of kind `method` for the tasks named (built-in names or
+    task files), trained in one loop over mixed-task batches, saved under `out`."""
+    from frozenlm.plugins.registry import plugin_meta, plugin_method
+    from frozenlm.tasks import load_task
+
+    out = Path(out)
+    kind = plugin_method(method)
+    if not resume and (out / "best").exists():
+        raise ConfigError(
+            f"'{out}' already holds a training run; pass --resume to continue it or choose "
+            "another --out"
+        )
+    tasks = [load_task(ref, seed=config.seed) for ref in task_refs]
+    if len({t.name for t in tasks}) != len(tasks):
+        raise ConfigError("each task may be named only once in --task")
+    meta = plugin_meta(method, plugin_config, backbone, tasks, task_refs)
+    if resume and (out / "last").exists():
+        saved = load_training_state(out / "last")
+        if saved is not None:
+            _check_same_run(out, saved[1].get("run", {}), meta, config)
+    plugin = kind.build(plugin_config, backbone, [t.spec for t in tasks], config.seed)
+    plugin.train()
+    return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
+
+
+def _check_same_run(
+    out: Path, saved: dict[str, Any], meta: dict[str, Any], config: TrainConfig
+) -> None:
+    now = {
+        "plugin_config": meta["plugin_config"],
+        "tasks": sorted(meta["tasks"]),
+        "train_config": asdict(config),
+        "fingerprint": meta["backbone"]["fingerprint"],
+    }
+    for key, value in now.items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(
+                f"--resume: the run saved in '{out}' used another {key.replace('_', ' ')} "
+                f"({saved[key]} vs {value}); resume with the same command"
+            )

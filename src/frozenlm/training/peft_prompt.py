@@ -1,0 +1,99 @@
+"""The reference a user would otherwise pick: PEFT's PromptTuning, trained with PEFT's own model
+wrapper and the settings of its examples (random init, AdamW, lr 3e-2, full-sequence logits).
+
+It sees the same rows in the same order as frozenlm's loop (`training_rows`, `DataOrder`), and
+its learned prompt is evaluated with frozenlm's scorer, so only the training recipe differs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+from tqdm.auto import tqdm
+
+from frozenlm.backbone import Backbone
+from frozenlm.engine.splice import IGNORE_INDEX
+from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
+from frozenlm.tasks import Task
+from frozenlm.training.loop import DataOrder, Row, TrainConfig, training_rows
+
+
+@dataclass(frozen=True)
+class PeftPromptConfig:
+    """PEFT prompt tuning as in its examples."""
+
+    prompt_length: int = 20
+    """Virtual tokens."""
+    steps: int = 150
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Rows per step."""
+    lr: float = 3e-2
+    """AdamW learning rate of PEFT's prompt-tuning examples."""
+    seed: int = 0
+    """Seed of the random init and the data order."""
+
+
+@dataclass
+class PeftPromptResult:
+    plugin: SoftPromptSet
+    seconds: float
+    losses: list[float]
+
+
+def _batch_tensors(rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, mask and labels (-100 except the target tokens), as PEFT's examples."""
+    width = max(len(r.prefix) + len(r.target) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)  # [B, T]
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for b, row in enumerate(rows):
+        tokens = row.prefix + row.target
+        ids[b, : len(tokens)] = torch.tensor(tokens)
+        mask[b, : len(tokens)] = 1
+        labels[b, len(row.prefix) : len(tokens)] = torch.tensor(row.target)
+    return ids, mask, labels
+
+
+def train_peft_prompt(
+    backbone: Backbone, task: Task, config: PeftPromptConfig = PeftPromptConfig()
+) -> PeftPromptResult:
+    """Train one task's prompt with PEFT; return it as a frozenlm soft prompt."""
+    rows = training_rows(backbone, [task], TrainConfig(seed=config.seed))
+    order = DataOrder(len(rows), config.seed)
+    torch.manual_seed(config.seed)
+    peft_config = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=config.prompt_length,
+        prompt_tuning_init=PromptTuningInit.RANDOM,
+    )
+    model = get_peft_model(backbone.model, peft_config)
+    try:
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr)
+        losses = []
+        start = time.perf_counter()
+        for step in tqdm(range(config.steps), desc=f"peft {task.name}", disable=None):
+            first = step * config.batch_size
+            batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
+            ids, mask, labels = _batch_tensors(batch)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        seconds = time.perf_counter() - start
+        weights = model.get_prompt_embedding_to_save("default").detach().float().clone()  # [P, D]
+    finally:
+        # PEFT's wrapper put the backbone in train mode: back to frozen and eval.
+        backbone.model.eval()
+        backbone.model.requires_grad_(False)
+    prompt_config = SoftPromptConfig(length=config.prompt_length, init="random")  # type: ignore[arg-type]
+    plugin = SoftPromptSet({task.name: weights}, prompt_config)
+    plugin.requires_grad_(False)
+    return PeftPromptResult(plugin, seconds, losses)

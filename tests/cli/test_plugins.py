@@ -1,0 +1,182 @@
+"""CLI life of a soft prompt: train, eval --plugin, ensembles, PEFT export/import, refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_toy_task
+from frozenlm.backbone import Backbone, TinyConfig
+from frozenlm.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("cli")
+    task = write_toy_task(folder)
+    for seed in (0, 1):
+        argv = [
+            "train",
+            "--task",
+            f"{task},trec",
+            "--backbone",
+            "tiny",
+            "--out",
+            str(folder / f"run{seed}"),
+        ]
+        argv += [
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-limit",
+            "4",
+            "--prompt-length",
+            "3",
+        ]
+        assert main([*argv, "--seed", str(seed)]) == 0
+    return folder, task
+
+
+def test_eval_plugin_writes_one_report_per_task(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = trained
+    out = folder / "eval.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--plugin",
+                str(folder / "run0"),
+                "--backbone",
+                "tiny",
+                "--limit",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    reports = json.loads(out.read_text())["reports"]
+    assert [r["task"] for r in reports] == ["toy", "trec"]
+    assert all(r["method"] == "soft-prompt" and r["n"] == 8 for r in reports)
+    assert "accuracy" in reports[1]["metrics"]
+
+
+def test_ensemble_of_two_runs(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = trained
+    runs = f"{folder / 'run0'},{folder / 'run1'}"
+    out = folder / "ensemble.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--plugin",
+                runs,
+                "--task",
+                "trec",
+                "--backbone",
+                "tiny",
+                "--limit",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads(out.read_text())["metrics"]
+    assert len(metrics["single_accuracies"]) == 2 and "majority_vote_accuracy" in metrics
+
+
+def test_peft_round_trip_scores_the_same(trained: tuple[Path, Path]) -> None:
+    folder, _ = trained
+    peft_dir, back = folder / "peft", folder / "imported"
+    assert (
+        main(
+            [
+                "export-peft",
+                str(folder / "run0"),
+                str(peft_dir),
+                "--task",
+                "trec",
+                "--backbone",
+                "tiny",
+            ]
+        )
+        == 0
+    )
+    assert (
+        json.loads((peft_dir / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
+    )
+    assert (
+        main(["import-peft", str(peft_dir), str(back), "--task", "trec", "--backbone", "tiny"]) == 0
+    )
+    first, second = folder / "a.json", folder / "b.json"
+    common = ["--task", "trec", "--backbone", "tiny", "--limit", "12"]
+    assert main(["eval", "--plugin", str(folder / "run0"), *common, "--out", str(first)]) == 0
+    assert main(["eval", "--plugin", str(back), *common, "--out", str(second)]) == 0
+    scores = [
+        [p["scores"] for p in json.loads(f.read_text())["predictions"]] for f in (first, second)
+    ]
+    assert scores[0] == scores[1]
+
+
+def test_export_needs_a_task_when_there_are_several(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = trained
+    assert main(["export-peft", str(folder / "run0"), str(folder / "x"), "--backbone", "tiny"]) == 2
+    assert "choose one with --task" in capsys.readouterr().err
+    assert not (folder / "x").exists()
+
+
+def test_another_backbone_is_refused_unless_allowed(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = trained
+    other = folder / "other-backbone"
+    model = Backbone.tiny(TinyConfig(seed=1))
+    model.model.save_pretrained(other)
+    model.tokenizer.save_pretrained(other)
+    capsys.readouterr()  # drop the save's progress output
+    argv = [
+        "eval",
+        "--plugin",
+        str(folder / "run0"),
+        "--task",
+        "trec",
+        "--backbone",
+        str(other),
+        "--limit",
+        "4",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--allow-other-backbone" in err and len(err.strip().splitlines()) == 1
+    assert main([*argv, "--allow-other-backbone"]) == 0
+
+
+def test_training_into_an_existing_run_needs_resume(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, task = trained
+    argv = [
+        "train",
+        "--task",
+        str(task),
+        "--backbone",
+        "tiny",
+        "--out",
+        str(folder / "run0"),
+        "--steps",
+        "2",
+    ]
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err

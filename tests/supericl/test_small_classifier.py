@@ -1,0 +1,84 @@
+"""The plug-in classifier: training learns, out-of-fold exclusion, save/load, label mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_toy_task
+from frozenlm.errors import CheckpointError
+from frozenlm.supericl.small_classifier import ClassifierTrainConfig, SmallClassifier
+from frozenlm.tasks import load_task
+from frozenlm.tasks.spec import Task
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Task:
+    return load_task(str(write_toy_task(tmp_path_factory.mktemp("toy"), 120)))
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory, toy: Task) -> Path:
+    """A tiny random BERT saved as a Hugging Face folder: the encoder the unit tests train."""
+    folder = tmp_path_factory.mktemp("enc") / "tiny"
+    SmallClassifier.tiny(toy).save(folder)
+    return folder
+
+
+def test_training_learns_the_toy_task_and_leaves_out_the_excluded(
+    toy: Task, tiny_encoder: Path
+) -> None:
+    excluded = [ex.id for ex in toy.train[:4]]
+    config = ClassifierTrainConfig(epochs=6, batch_size=8, lr=3e-3, seed=0)
+    plugin = SmallClassifier.train(toy, config, exclude=excluded, encoder=str(tiny_encoder))
+    assert plugin.info["train_examples"] == len(toy.train) - 4
+    assert plugin.info["excluded_ids"] == sorted(excluded)
+    assert plugin.accuracy(toy.test) >= 0.9
+    best = max(h["dev_accuracy"] for h in plugin.info["history"])
+    assert plugin.info["dev_accuracy"] == best
+
+
+def test_predictions_carry_the_softmax_confidence(toy: Task) -> None:
+    plugin = SmallClassifier.tiny(toy)
+    probs = plugin.probabilities(toy.test[:5])
+    assert probs.shape == (5, 2)
+    assert torch.allclose(probs.sum(dim=-1), torch.ones(5))
+    for p, row in zip(plugin.predict(toy.test[:5]), probs, strict=True):
+        assert p.confidence == pytest.approx(float(row.max()))
+        assert p.label == plugin.labels[int(row.argmax())]
+
+
+def test_save_and_load_give_the_same_probabilities(toy: Task, tmp_path: Path) -> None:
+    plugin = SmallClassifier.tiny(toy, seed=3)
+    plugin.save(tmp_path / "p")
+    loaded = SmallClassifier.load(tmp_path / "p", toy.spec)
+    assert torch.allclose(plugin.probabilities(toy.test), loaded.probabilities(toy.test))
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_load_refuses_another_tasks_plugin_and_a_non_model_folder(
+    toy: Task, tmp_path: Path
+) -> None:
+    SmallClassifier.tiny(toy).save(tmp_path / "p")
+    other = load_task("sentiment")
+    with pytest.raises(CheckpointError, match="trained on task 'toy', not 'sentiment'"):
+        SmallClassifier.load(tmp_path / "p", other.spec)
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        SmallClassifier.load(tmp_path, toy.spec)
+
+
+def test_label_names_map_by_name_verbalizer_or_position(toy: Task) -> None:
+    plugin = SmallClassifier.tiny(toy)
+    config = plugin.model.config
+    config.id2label = {0: "NO", 1: "yes"}  # verbalizers, any case, in another order
+    assert SmallClassifier(plugin.model, plugin.tokenizer, toy.spec, {}).labels == ["neg", "pos"]
+    config.id2label = {0: "LABEL_0", 1: "LABEL_1"}  # unnamed: the task's order
+    assert SmallClassifier(plugin.model, plugin.tokenizer, toy.spec, {}).labels == ["pos", "neg"]
+    config.id2label = {0: "cat", 1: "dog"}
+    with pytest.raises(CheckpointError, match=r"labels \(cat, dog\) are not the labels"):
+        SmallClassifier(plugin.model, plugin.tokenizer, toy.spec, {})
+    sentiment3 = load_task("trec").spec
+    with pytest.raises(CheckpointError, match="has 2 outputs but task 'trec' has 6 labels"):
+        SmallClassifier(plugin.model, plugin.tokenizer, sentiment3, {})

@@ -1,0 +1,206 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import write_toy_task
+from frozenlm.backbone import Backbone
+from frozenlm.codec import to_json
+from frozenlm.engine.splice import pack, splice
+from frozenlm.errors import ConfigError
+from frozenlm.plugins.checkpoint import load_checkpoint
+from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
+from frozenlm.plugins.registry import load_plugin
+from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
+from frozenlm.tasks import load_task
+from frozenlm.training.loop import (
+    DataOrder,
+    TrainConfig,
+    batch_loss,
+    target_loss,
+    train,
+    train_plugin,
+    training_rows,
+)
+
+
+def test_target_loss_equals_full_logits_cross_entropy(tiny: Backbone) -> None:
+    batch = splice(tiny, [[[5, 6, 7]], [[8, 9]]], targets=[[10, 11], [12]])
+    hidden = tiny.forward(batch.embeds, batch.attention_mask, batch.position_ids)
+    ours = target_loss(tiny, hidden, batch.labels)  # type: ignore[arg-type]
+    logits = tiny.lm_logits(hidden)  # full logits, reference only
+    reference = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1)
+    )  # type: ignore[index]
+    torch.testing.assert_close(ours, reference)
+
+
+def test_a_shared_prompt_and_text_run_once_with_the_same_loss_and_gradients(tiny: Backbone) -> None:
+    torch.manual_seed(0)
+    prompt = torch.randn(4, tiny.hidden_size, requires_grad=True)
+    prefixes = [[5, 6, 7, 8, 9], [5, 6, 7, 10], [5, 6, 7, 11, 12, 13]]  # share 5, 6, 7
+    targets = [[20], [21, 22], [23]]
+    shared = batch_loss(tiny, [prompt] * 3, prefixes, targets)
+    (grad_shared,) = torch.autograd.grad(shared, prompt)
+
+    rows = [[prompt, p] for p in prefixes]
+    packed = pack(tiny, rows, targets)
+    hidden = tiny.forward(packed.embeds, None, packed.position_ids)
+    plain = target_loss(tiny, hidden, packed.labels)
+    (grad_plain,) = torch.autograd.grad(plain, prompt)
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_shared, grad_plain, atol=1e-5, rtol=1e-4)
+    assert grad_plain.abs().sum() > 0
+
+
+def test_data_order_is_a_seeded_permutation_per_epoch() -> None:
+    order = DataOrder(10, seed=1)
+    first, second = [order[p] for p in range(10)], [order[p] for p in range(10, 20)]
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
+    assert [DataOrder(10, seed=1)[p] for p in range(10, 20)] == second
+
+
+def test_one_step_trains_the_prompt_only(tiny: Backbone, tmp_path: Path) -> None:
+    task = load_task(str(write_toy_task(tmp_path, 48)))
+    plugin = SoftPromptSet.from_config(SoftPromptConfig(length=4), tiny, [task.spec], seed=0)
+    before = plugin.prompts["toy"].detach().clone()
+    config = TrainConfig(steps=1, batch_size=4, eval_every=1, eval_limit=4)
+    train(tiny, plugin, [task], config, tmp_path / "run", meta={"kind": "soft-prompt"})
+    assert not torch.equal(before, plugin.prompts["toy"])
+    assert all(p.grad is None for p in tiny.model.parameters())
+    assert all(not p.requires_grad for p in tiny.model.parameters())
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    task_file = write_toy_task(tmp_path, 48)
+    config = TrainConfig(steps=30, batch_size=8, eval_every=10, eval_limit=8, patience=0)
+    result = train_plugin(
+        tiny,
+        [str(task_file)],
+        "soft-prompt",
+        to_json(SoftPromptConfig(length=4)),
+        config,
+        tmp_path / "run",
+    )
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    best = load_checkpoint(tmp_path / "run" / "best", backbone=tiny)
+    assert best.meta["metrics"]["dev"] == result.best_metric
+    assert best.meta["metrics"]["step"] == result.best_step
+    plugin, _ = load_plugin(tmp_path / "run", tiny)
+    assert isinstance(plugin, SoftPromptSet) and plugin.task_names == ["toy"]
+
+
+def test_an_existing_run_is_not_overwritten(tiny: Backbone, tmp_path: Path) -> None:
+    task_file = write_toy_task(tmp_path, 48)
+    config = TrainConfig(steps=1, batch_size=2, eval_every=1, eval_limit=2)
+    args = (
+        tiny,
+        [str(task_file)],
+        "soft-prompt",
+        to_json(SoftPromptConfig(length=2)),
+        config,
+        tmp_path / "run",
+    )
+    train_plugin(*args)
+    with pytest.raises(ConfigError, match="--resume"):
+        train_plugin(*args)
+
+
+def _train_command(task_file: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "frozenlm.cli.main",
+        "train",
+        "--task",
+        str(task_file),
+        "--backbone",
+        "tiny",
+        "--out",
+        str(out),
+        "--steps",
+        "40",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "5",
+        "--eval-limit",
+        "8",
+        "--patience",
+        "0",
+        "--prompt-length",
+        "4",
+        *extra,
+    ]
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    task_file = write_toy_task(tmp_path, 48)
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    subprocess.run(
+        _train_command(task_file, tmp_path / "whole"), check=True, env=env, capture_output=True
+    )
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _train_command(task_file, out),
+        env=env,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "last" / "training_state.json").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads((out / "last" / "training_state.json").read_text())
+    assert state["loop"]["step"] < 40  # killed mid-run
+    subprocess.run(
+        _train_command(task_file, out, "--resume"), check=True, env=env, capture_output=True
+    )
+
+    whole = load_checkpoint(tmp_path / "whole" / "last")
+    resumed = load_checkpoint(out / "last")
+    assert torch.equal(whole.tensors["prompt.toy"], resumed.tensors["prompt.toy"])
+    best_whole = load_checkpoint(tmp_path / "whole" / "best").meta["metrics"]
+    best_resumed = load_checkpoint(out / "best").meta["metrics"]
+    assert best_whole == best_resumed
+
+
+def test_a_prompt_generator_trains_in_the_same_loop_and_its_loss_falls(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    task_file = write_toy_task(tmp_path, 48)
+    config = TrainConfig(steps=30, batch_size=8, eval_every=10, eval_limit=8, patience=0,
+                         )  # fmt: skip
+    generator = to_json(PromptGeneratorConfig(length=4, width=32, heads=2, ffn=64))
+    result = train_plugin(tiny, [str(task_file)], "id-pt", generator, config, tmp_path / "run")
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in tiny.model.parameters())
+    plugin, checkpoint = load_plugin(tmp_path / "run", tiny)
+    assert isinstance(plugin, PromptGenerator) and list(checkpoint.meta["tasks"]) == ["toy"]
+
+
+def test_task_cap_keeps_a_seeded_sample_of_each_large_task(tiny: Backbone) -> None:
+    tasks = [load_task("trec"), load_task("topic")]
+    capped = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=3))
+    counts = Counter(r.task.name for r in capped)
+    assert counts == {"trec": 50, "topic": 50}
+    again = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=3))
+    assert [r.example.id for r in again] == [r.example.id for r in capped]
+    other = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=4))
+    assert [r.example.id for r in other] != [r.example.id for r in capped]
+    with pytest.raises(ConfigError, match="task-cap must be at least 1"):
+        TrainConfig(task_cap=0)
