@@ -5,6 +5,12 @@
 `Backbone.load(path)` takes any local causal-LM folder; `Backbone.load("tiny")` builds a tiny
 random-weight Llama with the embedded tokenizer, for tests.
 
+Every load takes `device` ("auto", "cpu", "cuda", "cuda:N", "mps") and `dtype` ("auto", "float32",
+"bfloat16", "float16"). "auto" picks CUDA, then MPS, then the CPU; its dtype is bfloat16 on a CUDA
+device that supports it and float32 everywhere else (the CPU, MPS, older GPUs): float16 can
+overflow in activations, so it is there only when asked for. On the CPU "auto" is float32, so
+every CPU number is what it was before device/dtype existed.
+
 The backbone never trains: it is in eval mode and no parameter requires grad, by construction.
 Plug-ins (soft prompts, generators, connectors) feed it `inputs_embeds`; the lm head is applied
 only at the positions a loss or score needs (`lm_logits`).
@@ -16,14 +22,17 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+import transformers
+from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -37,7 +46,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from frozenlm.assets import package_file
-from frozenlm.atomic import build_folder
+from frozenlm.atomic import atomic_write_json, build_folder
 from frozenlm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,14 +63,143 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FROZENLM_CACHE", Path.home() / ".cache" / "frozenlm"))
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """A short hash of every named tensor (name, dtype, shape, bytes) of `model`."""
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+"""What `device` accepts (N is a CUDA device index)."""
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+"""What `dtype` accepts besides "auto"."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`device` as a torch.device; "auto" is CUDA, else MPS, else the CPU. A device this machine
+    does not have raises ConfigError."""
+    text = str(device)
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if cuda:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{text}' needs CUDA, which this machine does not have")
+        index = int(cuda.group(1) or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device '{text}' does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}"
+            )
+        return torch.device(text)
+    if text == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device 'mps' needs Apple's Metal backend, which is not available")
+        return torch.device("mps")
+    raise ConfigError(f"device '{text}' is not one of {', '.join(DEVICES)}")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """`dtype` as a torch.dtype; "auto" is bfloat16 on a CUDA device that supports it, float32
+    everywhere else. Anything but auto, float32, bfloat16 and float16 raises ConfigError."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ConfigError(f"dtype {dtype} is not one of auto, {', '.join(DTYPES)}")
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype '{dtype}' is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """Hash (name, dtype, shape, bytes) of each tensor, in the order given; floating tensors are
+    hashed as fp32 on the CPU, so a bf16 copy of fp32-exact weights hashes like the original."""
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().contiguous().reshape(-1)
+    for name, tensor in tensors:
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        if flat.is_floating_point():
+            flat = flat.to(torch.float32)
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of every named tensor (name, dtype, shape, bytes) of `model`, floating
+    tensors taken as fp32 (for an fp32 model: exactly its tensors). Use it on the fp32 weights:
+    a model cast to bf16 has lost bits and hashes differently."""
+    return _digest(sorted(model.state_dict().items()))
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = json.loads(index.read_text()).get("weight_map", {}).values()
+        return [folder / name for name in sorted(set(shards))]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else sorted(folder.glob("*.safetensors"))
+
+
+def folder_fingerprint(model: nn.Module, folder: Path) -> str:
+    """The fingerprint of the weights stored in `folder`, whatever dtype `model` (loaded from it)
+    has now: `weights_fingerprint` of the fp32 model, computed from the stored tensors.
+
+    Each state-dict entry of `model` is read from the folder's safetensors files one tensor at a
+    time (`safe_open`) and upcast to fp32 on the CPU; a tied weight the files store once is read
+    under the name they store. An entry the files lack (or a folder without safetensors) falls
+    back to the loaded tensor, which is exact only if the load dtype holds the stored values.
+    The result is cached under `cache_dir()/fingerprints`, keyed by the files' paths, sizes and
+    modification times and the transformers version (which decides the state-dict names).
+    """
+    files = _safetensors_files(folder)
+    stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files] + [
+        transformers.__version__
+    ]
+    key = hashlib.blake2b(json.dumps(stamp).encode(), digest_size=16).hexdigest()
+    cached = cache_dir() / "fingerprints" / f"{key}.json"
+    if files and cached.is_file():
+        try:
+            return str(json.loads(cached.read_text())["fingerprint"])
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+    stored: dict[str, Path] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            stored.update(dict.fromkeys(handle.keys(), file))
+    state = model.state_dict()
+    aliases: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for name, tensor in state.items():
+        aliases.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
+
+    def source(name: str) -> str | None:
+        tensor = state[name]
+        names = aliases[(tensor.data_ptr(), tuple(tensor.shape))]
+        return next((n for n in [name, *names] if n in stored), None)
+
+    with ExitStack() as stack:
+        handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in files}
+
+        def entries() -> Iterator[tuple[str, torch.Tensor]]:
+            for name in sorted(state):
+                stored_name = source(name)
+                if stored_name is None:
+                    yield name, state[name]
+                else:
+                    yield name, handles[stored[stored_name]].get_tensor(stored_name)
+
+        fingerprint = _digest(entries())
+    if files:
+        atomic_write_json(cached, {"fingerprint": fingerprint, "files": stamp})
+    return fingerprint
 
 
 @contextmanager
@@ -180,6 +318,11 @@ def build_tiny_model(vocab_size: int, config: TinyConfig = TinyConfig()) -> PreT
     return model
 
 
+def _placed(model: PreTrainedModel, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    """`model` on `device` in `dtype` (the same `.to` call on every device, the CPU included)."""
+    return cast(PreTrainedModel, cast(nn.Module, model).to(device=device, dtype=dtype))
+
+
 class Backbone:
     """A frozen causal LM with its tokenizer. Pass it explicitly to whatever needs it."""
 
@@ -191,13 +334,18 @@ class Backbone:
         name: str,
         source: str,
         fingerprint: str | None = None,
+        weights_folder: Path | None = None,
     ) -> None:
+        """`fingerprint`, when known (the embedded model's marker, the tiny model's fp32
+        weights), is taken as is; otherwise it is computed on first use from `weights_folder`'s
+        stored tensors, or from `model`'s own tensors."""
         model.eval()
         model.requires_grad_(False)
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
+        self._weights_folder = weights_folder
         if fingerprint is not None:
             self.__dict__["fingerprint"] = fingerprint
         if tokenizer.pad_token_id is None:
@@ -208,23 +356,34 @@ class Backbone:
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Backbone:
-        """Load a backbone: None or "default" (embedded model), "tiny" (test model) or a folder."""
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+    ) -> Backbone:
+        """Load a backbone: None or "default" (embedded model), "tiny" (test model) or a folder,
+        on `device` in `dtype` (see the module docstring for "auto"). The fingerprint names the
+        stored weights, the same for every device and dtype."""
+        where = resolve_device(device)
+        precision = resolve_dtype(dtype, where)
         if path is None or str(path) == "default":
             folder = embedded_model_folder()
             meta = json.loads((folder / _MARKER).read_text())
             with quiet_loading():
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=precision)
             tokenizer = AutoTokenizer.from_pretrained(folder)
             return cls(
-                model,
+                _placed(model, where, precision),
                 tokenizer,
                 name=EMBEDDED_NAME,
                 source="default",
                 fingerprint=meta.get("fingerprint"),
+                weights_folder=folder,
             )
         if str(path) == "tiny":
-            return cls.tiny()
+            return cls.tiny(device=where, dtype=precision)
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise ConfigError(
@@ -234,25 +393,50 @@ class Backbone:
         config = AutoConfig.from_pretrained(folder)
         try:
             with quiet_loading():
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=precision)
         except ValueError as err:
             raise ConfigError(
                 f"backbone folder '{folder}' ({config.model_type}) is not a causal LM: {err}"
             ) from err
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        return cls(model, tokenizer, name=folder.name, source=str(folder.resolve()))
+        return cls(
+            _placed(model, where, precision),
+            tokenizer,
+            name=folder.name,
+            source=str(folder.resolve()),
+            weights_folder=folder,
+        )
 
     @classmethod
-    def tiny(cls, config: TinyConfig = TinyConfig()) -> Backbone:
-        """The tiny random-weight test model with the embedded tokenizer."""
+    def tiny(
+        cls,
+        config: TinyConfig = TinyConfig(),
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+    ) -> Backbone:
+        """The tiny random-weight test model with the embedded tokenizer. Its weights are drawn
+        in fp32 and fingerprinted before the cast to `dtype`."""
+        where = resolve_device(device)
+        precision = resolve_dtype(dtype, where)
         tokenizer = load_tokenizer()
         model = build_tiny_model(len(tokenizer), config)
-        return cls(model, tokenizer, name=f"tiny-random-llama-s{config.seed}", source="tiny")
+        fingerprint = weights_fingerprint(model)
+        return cls(
+            _placed(model, where, precision),
+            tokenizer,
+            name=f"tiny-random-llama-s{config.seed}",
+            source="tiny",
+            fingerprint=fingerprint,
+        )
 
     # ------------------------------------------------------------- properties
     @cached_property
     def fingerprint(self) -> str:
-        """Identifies the weights: equal across loads, different for different weights."""
+        """Identifies the weights: equal across loads, devices and dtypes, different for
+        different weights."""
+        if self._weights_folder is not None:
+            return folder_fingerprint(self.model, self._weights_folder)
         return weights_fingerprint(self.model)
 
     @property
@@ -307,7 +491,7 @@ class Backbone:
         if attention_mask is None and cache is not None:
             raise ValueError("a packed batch (no attention mask) cannot use a KV cache")
         out = self._decoder(
-            inputs_embeds=inputs_embeds.to(self.dtype),
+            inputs_embeds=inputs_embeds.to(device=self.device, dtype=self.dtype),
             attention_mask=None if attention_mask is None else attention_mask.to(self.device),
             position_ids=position_ids.to(self.device),
             cache=cache,
@@ -318,7 +502,7 @@ class Backbone:
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (fp32) for hidden states [..., D] -> [..., V]. Call it only on the
         positions a score or loss needs."""
-        return self._lm_head(hidden).float()
+        return self._lm_head(hidden.to(device=self.device, dtype=self.dtype)).float()
 
     def __repr__(self) -> str:
         return (
@@ -327,8 +511,15 @@ class Backbone:
         )
 
 
-def resolve_backbone(spec: str | Path | None) -> Backbone:
-    """`--backbone default|tiny|PATH` as a Backbone, with a clear error for a missing path."""
+def resolve_backbone(
+    spec: str | Path | None,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+) -> Backbone:
+    """`--backbone default|tiny|PATH --device ... --dtype ...` as a Backbone, with a clear error
+    for a missing path, an unknown dtype or a device this machine does not have."""
     if spec is not None and str(spec) not in ("default", "tiny") and not Path(spec).exists():
         raise ConfigError(f"backbone '{spec}' is not 'default', 'tiny' or an existing folder")
-    return Backbone.load(spec)
+    resolve_dtype(dtype, resolve_device(device))  # fail before any loading
+    return Backbone.load(spec, device=device, dtype=dtype)
