@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -118,6 +119,30 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype not in DTYPES:
         raise ConfigError(f"dtype '{dtype}' is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+@contextmanager
+def seeded_rng(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run the block with torch's global RNG seeded with `seed` (the CPU generator, and the
+    generators of `device`'s type when it is a GPU), then give the caller back every RNG as it
+    was, python's `random` included (a resumed run restores both). Inside, the numbers are those
+    of `torch.manual_seed(seed)`; outside, library code leaves no trace on the caller's RNG."""
+    kind = torch.device(device).type
+    cuda = list(range(torch.cuda.device_count())) if kind == "cuda" else []
+    python = random.getstate()
+    mps = torch.mps.get_rng_state() if kind == "mps" else None
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        try:
+            torch.random.default_generator.manual_seed(seed)
+            if kind == "cuda":
+                torch.cuda.manual_seed_all(seed)
+            if kind == "mps":
+                torch.mps.manual_seed(seed)
+            yield
+        finally:
+            random.setstate(python)
+            if mps is not None:
+                torch.mps.set_rng_state(mps)
 
 
 def _digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:

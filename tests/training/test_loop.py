@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -77,6 +78,25 @@ def test_one_step_trains_the_prompt_only(tiny: Backbone, tmp_path: Path) -> None
     assert not torch.equal(before, plugin.prompts["toy"])
     assert all(p.grad is None for p in tiny.model.parameters())
     assert all(not p.requires_grad for p in tiny.model.parameters())
+
+
+def test_training_leaves_the_callers_rng_untouched(tiny: Backbone, tmp_path: Path) -> None:
+    task = load_task(str(write_toy_task(tmp_path, 16)))
+    config = TrainConfig(steps=2, batch_size=4, eval_every=2, eval_limit=4, seed=5)
+
+    def run(out: str) -> torch.Tensor:
+        plugin = SoftPromptSet.from_config(SoftPromptConfig(length=2), tiny, [task.spec], seed=0)
+        train(tiny, plugin, [task], config, tmp_path / out, meta={"kind": "soft-prompt"})
+        return plugin.prompts["toy"].detach()
+
+    torch.manual_seed(123)
+    random.seed(123)
+    torch_before, python_before = torch.random.get_rng_state(), random.getstate()
+    first = run("a")
+    assert torch.equal(torch.random.get_rng_state(), torch_before)
+    assert random.getstate() == python_before
+    torch.manual_seed(999)  # another caller state: the same seed still gives the same prompt
+    assert torch.equal(run("b"), first)
 
 
 def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(

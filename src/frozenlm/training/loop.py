@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.optimization import Adafactor
 
-from frozenlm.backbone import Backbone
+from frozenlm.backbone import Backbone, seeded_rng
 from frozenlm.engine.prefix_cache import PrefixCache, common_prefix_length
 from frozenlm.engine.splice import IGNORE_INDEX, pack, splice
 from frozenlm.errors import ConfigError
@@ -227,6 +227,201 @@ def dev_metric(
     return sum(per_task.values()) / len(per_task), per_task
 
 
+@dataclass
+class TrainState:
+    """Where a run is; everything but `history` is the "loop" dict of `last/`'s
+    training_state.json, and all of it is restored on resume."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    best: float | None = None
+    """Best dev metric so far; None until the first dev evaluation (JSON has no -inf)."""
+    best_step: int = 0
+    """The step of `best`."""
+    bad: int = 0
+    """Dev evaluations since the last improvement."""
+    loss_sum: float = 0.0
+    """Training loss summed since the last dev evaluation..."""
+    loss_steps: int = 0
+    """...over this many steps."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per dev evaluation: step, mean training loss, dev metric, per-task metric."""
+
+    def loop(self) -> dict[str, Any]:
+        """The counters as saved under "loop" (everything but the history)."""
+        return {k: v for k, v in asdict(self).items() if k != "history"}
+
+
+@dataclass
+class Run:
+    """What a run holds fixed while `TrainState` moves: the recipe's ingredients, from `setup`."""
+
+    backbone: Backbone
+    plugin: Plugin
+    tasks: Sequence[Task]
+    config: TrainConfig
+    out: Path
+    meta: dict[str, Any]
+    """Written into every checkpoint (with the training config and metrics)."""
+    optimizer: torch.optim.Optimizer
+    rows: list[Row]
+    order: DataOrder
+
+
+def setup(
+    backbone: Backbone,
+    plugin: Plugin,
+    tasks: Sequence[Task],
+    config: TrainConfig,
+    out: Path,
+    *,
+    meta: dict[str, Any],
+    resume: bool = False,
+) -> tuple[Run, TrainState]:
+    """The optimizer (a plug-in may train its parts at different rates: `param_groups(lr)`),
+    the rows, their order and the state to start from: step 0, or `out/last/` on resume (which
+    also restores the plug-in, the optimizer and the RNG)."""
+    rows = training_rows(backbone, tasks, config)
+    run = Run(
+        backbone=backbone,
+        plugin=plugin,
+        tasks=tasks,
+        config=config,
+        out=out,
+        meta={**meta, "train_config": asdict(config)},
+        optimizer=make_optimizer(plugin.param_groups(config.lr), config),
+        rows=rows,
+        order=DataOrder(len(rows), config.seed),
+    )
+    state = TrainState()
+    if resume:
+        state = resume_state(run) or state
+    return run, state
+
+
+def resume_state(run: Run) -> TrainState | None:
+    """Restore plug-in, optimizer and RNG from `out/last/` and return its state (None, with a
+    warning, when nothing was saved)."""
+    saved = load_training_state(run.out / "last")
+    if saved is None:
+        log.warning("no saved training state in %s; starting from step 0", run.out / "last")
+        return None
+    tensors, saved_meta = saved
+    with torch.no_grad():
+        for name, param in run.plugin.named_parameters():
+            param.copy_(tensors[f"param.{name}"])
+    run.optimizer.load_state_dict(
+        optimizer_state_from_tensors(
+            {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")},
+            saved_meta["optimizer"],
+        )
+    )
+    restore_rng_state(
+        {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, saved_meta["rng"]
+    )
+    return TrainState(**saved_meta["loop"], history=saved_meta["history"])
+
+
+def micro_batch(run: Run, step: int, micro: int) -> list[Row]:
+    """The rows of micro-batch `micro` of optimizer step `step`: a pure function of both."""
+    size = run.config.batch_size
+    first = (step * run.config.grad_accum + micro) * size
+    return [run.rows[run.order[p]] for p in range(first, first + size)]
+
+
+def optimizer_step(run: Run, step: int) -> float:
+    """One optimizer step over `grad_accum` micro-batches; returns its training loss."""
+    total = 0.0
+    for micro in range(run.config.grad_accum):
+        batch = micro_batch(run, step, micro)
+        soft = soft_tokens_by_row([(run.plugin, r.task, r.example) for r in batch])
+        prefixes, targets = [r.prefix for r in batch], [r.target for r in batch]
+        loss = batch_loss(run.backbone, soft, prefixes, targets) / run.config.grad_accum
+        loss.backward()
+        total += float(loss.detach())
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def evaluate_dev(run: Run, state: TrainState) -> tuple[float, dict[str, float]]:
+    """Dev metric of the plug-in now; logs it with the mean training loss since the last
+    evaluation in `state.history`."""
+    run.plugin.eval()
+    metric, per_task = dev_metric(run.backbone, run.plugin, run.tasks, run.config)
+    run.plugin.train()
+    mean_loss = state.loss_sum / state.loss_steps
+    state.loss_sum, state.loss_steps = 0.0, 0
+    state.history.append(
+        {"step": state.step, "loss": mean_loss, "dev": metric, "per_task": per_task}
+    )
+    return metric, per_task
+
+
+def save_best(run: Run, state: TrainState, metric: float, per_task: dict[str, float]) -> None:
+    """The plug-in and its dev metrics in `out/best/`."""
+    metrics = {"dev": metric, "dev_per_task": per_task, "step": state.step}
+    save_checkpoint(run.out / "best", run.plugin.tensors(), {**run.meta, "metrics": metrics})
+
+
+def save_last(run: Run, state: TrainState) -> None:
+    """Everything a resume needs in `out/last/`: plug-in, optimizer, RNG, state, and what the
+    run was (so a resume with another command is refused)."""
+    opt_tensors, opt_meta = optimizer_state_to_tensors(run.optimizer.state_dict())
+    rng_tensors, rng_meta = rng_state()
+    training = {f"param.{n}": p.detach().clone() for n, p in run.plugin.named_parameters()}
+    training |= {f"opt.{k}": v for k, v in opt_tensors.items()}
+    training |= {f"rng.{k}": v for k, v in rng_tensors.items()}
+    meta = run.meta
+    save_checkpoint(
+        run.out / "last",
+        run.plugin.tensors(),
+        {**meta, "metrics": {"history": state.history}},
+        training_tensors=training,
+        training_meta={
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+            "loop": state.loop(),
+            "history": state.history,
+            "run": {
+                "plugin_config": meta.get("plugin_config"),
+                "tasks": sorted(meta.get("tasks", {})),
+                "train_config": asdict(run.config),
+                "fingerprint": meta.get("backbone", {}).get("fingerprint"),
+            },
+        },
+    )
+
+
+def train_steps(run: Run, state: TrainState) -> bool:
+    """The loop: optimizer steps until `config.steps`, with a dev evaluation (best checkpoint,
+    early stopping, `last/`) every `eval_every` steps and at the end. Returns whether it
+    stopped early."""
+    config = run.config
+    stopped = False
+    bar = tqdm(total=config.steps, initial=state.step, desc="train", unit="step", disable=None)
+    while state.step < config.steps and not stopped:
+        loss = optimizer_step(run, state.step)
+        state.step += 1
+        state.loss_sum += loss
+        state.loss_steps += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", best=state.best)
+        if state.step % config.eval_every == 0 or state.step == config.steps:
+            metric, per_task = evaluate_dev(run, state)
+            if state.best is None or metric > state.best:
+                state.best, state.best_step, state.bad = metric, state.step, 0
+                save_best(run, state, metric, per_task)
+            else:
+                state.bad += 1
+            stopped = config.patience > 0 and state.bad >= config.patience
+            if config.save_last:
+                save_last(run, state)
+            bar.set_postfix(loss=f"{loss:.3f}", dev=f"{metric:.3f}", best=f"{state.best:.3f}")
+    bar.close()
+    return stopped
+
+
 def train(
     backbone: Backbone,
     plugin: Plugin,
@@ -237,128 +432,23 @@ def train(
     meta: dict[str, Any],
     resume: bool = False,
 ) -> TrainResult:
-    """Train `plugin` on `tasks`.
+    """Train `plugin` on `tasks`: `setup`, then `train_steps`.
 
     `meta` (plug-in kind and config, task specs, backbone identity) goes into every checkpoint
-    with the training config and metrics.
+    with the training config and metrics. The torch RNG is seeded with `config.seed` inside and
+    the caller's RNG state is left as it was (`seeded_rng`).
     """
-    source = plugin
-    # A plug-in may train its parts at different rates (`param_groups(lr)`).
-    optimizer = make_optimizer(plugin.param_groups(config.lr), config)
-    rows = training_rows(backbone, tasks, config)
-    order = DataOrder(len(rows), config.seed)
-    torch.manual_seed(config.seed)
-    # best is None until the first dev evaluation (JSON has no -inf)
-    # loss_sum / loss_steps: training loss since the last evaluation
-    state: dict[str, Any] = {
-        "step": 0,
-        "best": None,
-        "best_step": 0,
-        "bad": 0,
-        "loss_sum": 0.0,
-        "loss_steps": 0,
-    }
-    history: list[dict[str, Any]] = []
-    meta = {**meta, "train_config": asdict(config)}
-
-    if resume:
-        saved = load_training_state(out / "last")
-        if saved is None:
-            log.warning("no saved training state in %s; starting from step 0", out / "last")
-        else:
-            tensors, saved_meta = saved
-            with torch.no_grad():
-                for name, param in plugin.named_parameters():
-                    param.copy_(tensors[f"param.{name}"])
-            optimizer.load_state_dict(
-                optimizer_state_from_tensors(
-                    {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")},
-                    saved_meta["optimizer"],
-                )
-            )
-            restore_rng_state(
-                {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, saved_meta["rng"]
-            )
-            state = {**state, **saved_meta["loop"]}
-            history = saved_meta["history"]
-
-    def save_last() -> None:
-        opt_tensors, opt_meta = optimizer_state_to_tensors(optimizer.state_dict())
-        rng_tensors, rng_meta = rng_state()
-        training = {f"param.{n}": p.detach().clone() for n, p in plugin.named_parameters()}
-        training |= {f"opt.{k}": v for k, v in opt_tensors.items()}
-        training |= {f"rng.{k}": v for k, v in rng_tensors.items()}
-        last_meta = {**meta, "metrics": {"history": history}}
-        save_checkpoint(
-            out / "last",
-            plugin.tensors(),
-            last_meta,
-            training_tensors=training,
-            training_meta={
-                "optimizer": opt_meta,
-                "rng": rng_meta,
-                "loop": state,
-                "history": history,
-                "run": {
-                    "plugin_config": meta.get("plugin_config"),
-                    "tasks": sorted(meta.get("tasks", {})),
-                    "train_config": asdict(config),
-                    "fingerprint": meta.get("backbone", {}).get("fingerprint"),
-                },
-            },
-        )
-
-    start = time.perf_counter()
-    stopped = False
-    bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step", disable=None)
-    while state["step"] < config.steps and not stopped:
-        step = state["step"]
-        total = 0.0
-        for micro in range(config.grad_accum):
-            first = (step * config.grad_accum + micro) * config.batch_size
-            batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
-            soft = soft_tokens_by_row([(source, r.task, r.example) for r in batch])
-            prefixes, targets = [r.prefix for r in batch], [r.target for r in batch]
-            loss = batch_loss(backbone, soft, prefixes, targets) / config.grad_accum
-            loss.backward()
-            total += float(loss.detach())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] = step + 1
-        state["loss_sum"] += total
-        state["loss_steps"] += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{total:.3f}", best=state["best"])
-        if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
-            plugin.eval()
-            metric, per_task = dev_metric(backbone, source, tasks, config)
-            plugin.train()
-            mean_loss = state["loss_sum"] / state["loss_steps"]
-            state.update(loss_sum=0.0, loss_steps=0)
-            history.append(
-                {"step": state["step"], "loss": mean_loss, "dev": metric, "per_task": per_task}
-            )
-            if state["best"] is None or metric > state["best"]:
-                state.update(best=metric, best_step=state["step"], bad=0)
-                best_meta = {
-                    **meta,
-                    "metrics": {"dev": metric, "dev_per_task": per_task, "step": state["step"]},
-                }
-                save_checkpoint(out / "best", plugin.tensors(), best_meta)
-            else:
-                state["bad"] += 1
-            stopped = config.patience > 0 and state["bad"] >= config.patience
-            if config.save_last:
-                save_last()
-            bar.set_postfix(loss=f"{total:.3f}", dev=f"{metric:.3f}", best=f"{state['best']:.3f}")
-    bar.close()
+    with seeded_rng(config.seed, backbone.device):
+        run, state = setup(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
+        start = time.perf_counter()
+        stopped = train_steps(run, state)
     return TrainResult(
-        best_metric=state["best"] if state["best"] is not None else float("nan"),
-        best_step=state["best_step"],
-        steps_done=state["step"],
+        best_metric=state.best if state.best is not None else float("nan"),
+        best_step=state.best_step,
+        steps_done=state.step,
         stopped_early=stopped,
         seconds=time.perf_counter() - start,
-        history=history,
+        history=state.history,
     )
 
 
