@@ -33,8 +33,9 @@ from transformers import AutoModelForCausalLM
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, embedded_model_folder
+from frozenlm.engine.batching import token_budget_batches
 from frozenlm.engine.prefix_cache import PrefixCache
-from frozenlm.engine.scoring import ScoreRequest, score_batch, token_budget_batches
+from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.engine.splice import IGNORE_INDEX
 from frozenlm.evaluation.evaluate import EvalConfig
 from frozenlm.measure import PeakMemory

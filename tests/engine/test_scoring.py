@@ -6,7 +6,6 @@ from frozenlm.engine.scoring import (
     ScoreRequest,
     full_sequence_logprob,
     score_batch,
-    token_budget_batches,
 )
 
 PREFIXES = [
@@ -70,15 +69,6 @@ def test_soft_prefix_pieces_are_scored(tiny: Backbone) -> None:
         tiny, [ScoreRequest([[5, 6]], [[7], [8, 9]]), ScoreRequest([soft, [5, 6]], [[7], [8, 9]])]
     )
     assert not torch.allclose(plain.logprobs, with_soft.logprobs)
-
-
-def test_token_budget_batches_respect_limits() -> None:
-    lengths = [5, 50, 7, 48, 6, 49]
-    batches = token_budget_batches(lengths, max_tokens=100, max_rows=3)
-    assert sorted(i for b in batches for i in b) == list(range(6))
-    for batch in batches:
-        assert len(batch) <= 3
-        assert max(lengths[i] for i in batch) * len(batch) <= 100
 
 
 def test_a_cached_soft_prompt_scores_like_a_recomputed_one(tiny: Backbone) -> None:

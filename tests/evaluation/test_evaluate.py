@@ -5,14 +5,15 @@ import pytest
 import torch
 
 from frozenlm.backbone import Backbone
+from frozenlm.engine.prefix_cache import common_prefix_length
 from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.errors import ConfigError, DataError
 from frozenlm.evaluation.evaluate import (
     CONTENT_FREE,
     EvalConfig,
-    common_prefix_length,
     evaluate,
     label_candidates,
+    prompt_rows,
     score_prompts,
 )
 from frozenlm.metrics import exact_match, token_f1
@@ -109,13 +110,6 @@ def test_chain_of_thought_is_named_in_the_method(tiny: Backbone) -> None:
     assert evaluate(tiny, load_task("trivia"), config).method == "zero-shot-cot"
 
 
-def test_common_prefix_leaves_every_row_a_token() -> None:
-    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
-    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
-    assert common_prefix_length([[1, 2, 3]]) == 0
-    assert common_prefix_length([[7, 2], [1, 2]]) == 0
-
-
 def test_the_shared_text_prefix_is_computed_once_with_equal_scores(
     tiny: Backbone, trec: Task
 ) -> None:
@@ -127,6 +121,7 @@ def test_the_shared_text_prefix_is_computed_once_with_equal_scores(
     prompts = [prompter.render(ex, demos) for ex in trec.test[:10]]
     assert common_prefix_length([p.ids for p in prompts]) > 50  # template + demonstrations
     candidates = label_candidates(trec, prompter)
-    shared = score_prompts(tiny, prompts, candidates, config, "shared")
-    alone = score_prompts(tiny, prompts, candidates, config, "alone", share_text=False)
+    rows = prompt_rows(prompts)
+    shared = score_prompts(tiny, rows, candidates, config, "shared")
+    alone = score_prompts(tiny, rows, candidates, config, "alone", share_text=False)
     torch.testing.assert_close(shared, alone, atol=1e-4, rtol=0)

@@ -118,7 +118,7 @@ def generate_detailed(
         if all(done):
             break
         new_embeds = backbone.embed(tokens.unsqueeze(1))  # [B, 1, D]
-        mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
         if cache is not None:
             hidden = backbone.forward(new_embeds, mask, next_positions, cache)
         else:

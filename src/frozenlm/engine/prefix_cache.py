@@ -1,10 +1,15 @@
-"""Keys and values of a prefix shared by every row (a task's soft prompt), computed once.
+"""Keys and values of a prefix the rows of a batch continue after, computed once.
 
 In a causal LM the keys and values of the first P positions depend only on those positions, so
-a soft prompt's are the same for every input. `PrefixCache.compute` runs the prefix once;
-`expand(B)` gives a KV cache for a batch of B rows that continue after it. Rows are then spliced
-without the prefix: the layout is [prefix | left padding | row], with the padding masked and
-positions counted from P, which attends exactly as [padding | prefix | row] does.
+a soft prompt's (and the text every prompt starts with) are the same for every input:
+`PrefixCache.compute` runs such a prefix once and `expand(B)` gives a KV cache for B rows that
+continue after it. A per-layer key/value prefix (a deep prompt) is the same object, made by a
+plug-in instead of a forward. Rows whose prefixes differ are `stack`ed: each left-padded to the
+longest, padding masked.
+
+The layout is [prefix | left padding | row]: the row is spliced without the prefix, its padding
+masked and its positions counted from the prefix's real length, which attends exactly as
+[padding | prefix | row] does.
 """
 
 from __future__ import annotations
@@ -22,29 +27,91 @@ from frozenlm.engine.splice import Piece, Spliced, splice
 
 @dataclass(frozen=True)
 class PrefixCache:
-    """Per-layer keys and values [1, H, P, d] of a shared prefix of P positions."""
+    """Per-layer keys and values [R, H, P, d] of a prefix of P columns.
+
+    R = 1: one prefix every row continues after (expanded to any batch size, no copy). R = B:
+    one prefix per row of a batch of B (`stack`), `mask` [B, P] marking real columns.
+    """
 
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
     length: int
+    """Columns P (the longest prefix when stacked)."""
+    mask: torch.Tensor | None = None
+    """[R, P], 1 on real columns; None when every column is real."""
 
     @classmethod
     def compute(
-        cls, backbone: Backbone, pieces: Sequence[Piece], *, grad: bool = False
+        cls,
+        backbone: Backbone,
+        pieces: Sequence[Piece],
+        *,
+        grad: bool = False,
+        after: PrefixCache | None = None,
     ) -> PrefixCache:
-        """Run the prefix once. With `grad`, its keys and values stay in the autograd graph, so a
-        loss on rows continuing after it reaches the soft tokens in it (training)."""
+        """Run the prefix `pieces` once (continuing after `after`, when given). With `grad`,
+        its keys and values stay in the autograd graph, so a loss on rows continuing after it
+        reaches the soft tokens in it (training)."""
         batch = splice(backbone, [pieces])
-        cache = backbone.new_cache()
+        if after is None:
+            cache = backbone.new_cache()
+        else:
+            if after.rows != 1:
+                raise ValueError("a prefix continues after a single shared prefix, not a stack")
+            cache = after.expand(backbone, 1)
+            batch = after.after(batch)
         with torch.set_grad_enabled(grad):
             backbone.forward(batch.embeds, batch.attention_mask, batch.position_ids, cache)
         layers: list[Any] = list(cache.layers)  # attention layers with .keys/.values [1, H, P, d]
         keys = tuple(layer.keys for layer in layers)
         values = tuple(layer.values for layer in layers)
-        return cls(keys, values, int(batch.lengths[0]))  # type: ignore[arg-type]
+        mask = None if after is None or after.mask is None else batch.attention_mask
+        return cls(keys, values, int(batch.attention_mask.shape[1]), mask)
+
+    @classmethod
+    def stack(cls, prefixes: Sequence[PrefixCache]) -> PrefixCache:
+        """One prefix per row: each single-row prefix left-padded to the longest ([B, H, P, d],
+        mask [B, P]). The same object given for several rows is stored once per row."""
+        if not prefixes or any(p.rows != 1 for p in prefixes):
+            raise ValueError("stack takes one or more single-row prefixes")
+        longest = max(p.length for p in prefixes)
+        device = prefixes[0].keys[0].device
+        masks = []
+        for p in prefixes:
+            own = p.real_mask(device)  # [1, P_b]
+            masks.append(torch.cat([own.new_zeros(1, longest - p.length), own], dim=1))
+
+        def padded(layer: int, which: str) -> torch.Tensor:
+            parts = []
+            for p in prefixes:
+                t = getattr(p, which)[layer]  # [1, H, P_b, d]
+                pad = t.new_zeros(1, t.shape[1], longest - p.length, t.shape[3])
+                parts.append(torch.cat([pad, t], dim=2))
+            return torch.cat(parts)  # [B, H, P, d]
+
+        layers = range(len(prefixes[0].keys))
+        return cls(
+            tuple(padded(i, "keys") for i in layers),
+            tuple(padded(i, "values") for i in layers),
+            longest,
+            torch.cat(masks),  # [B, P]
+        )
+
+    @property
+    def rows(self) -> int:
+        return int(self.keys[0].shape[0])
+
+    def real_mask(self, device: torch.device | None = None) -> torch.Tensor:
+        """[R, P] long, 1 on real columns."""
+        if self.mask is not None:
+            return self.mask.to(device=device or self.mask.device, dtype=torch.long)
+        device = device or self.keys[0].device
+        return torch.ones(self.rows, self.length, dtype=torch.long, device=device)
 
     def expand(self, backbone: Backbone, rows: int) -> DynamicCache:
         """A fresh KV cache holding the prefix for `rows` rows (views, no copy until extended)."""
+        if self.rows not in (1, rows):
+            raise ValueError(f"a prefix stacked for {self.rows} rows cannot serve {rows}")
         cache = backbone.new_cache()
         for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), layer)
@@ -52,14 +119,16 @@ class PrefixCache:
 
     def after(self, batch: Spliced) -> Spliced:
         """`batch` (spliced without the prefix) as it continues after the prefix: mask covering
-        the prefix, positions and lengths shifted by P."""
+        the prefix, positions and lengths shifted by each row's real prefix length."""
         rows = batch.attention_mask.shape[0]
-        ones = torch.ones(rows, self.length, dtype=batch.attention_mask.dtype)
+        device = batch.attention_mask.device
+        prefix_mask = self.real_mask(device).expand(rows, -1)  # [B, P]
+        real = prefix_mask.sum(dim=1)  # [B]
         return Spliced(
             batch.embeds,
-            torch.cat([ones, batch.attention_mask], dim=1),  # [B, P + T]
-            batch.position_ids + self.length,
-            batch.lengths + self.length,
+            torch.cat([prefix_mask.to(batch.attention_mask.dtype), batch.attention_mask], dim=1),
+            batch.position_ids + real.unsqueeze(1).to(batch.position_ids.device),
+            batch.lengths + real.to(batch.lengths.device),
             batch.labels,
         )
 

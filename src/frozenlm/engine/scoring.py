@@ -37,6 +37,10 @@ class CandidateScores:
         """Per-token mean log-probability (length normalisation)."""
         return self.logprobs / self.lengths
 
+    def values(self, length_normalize: bool = False) -> torch.Tensor:
+        """Summed log-probabilities [K], or per-token means with `length_normalize`."""
+        return self.normalized() if length_normalize else self.logprobs
+
 
 def _token_logprobs(
     backbone: Backbone, hidden: torch.Tensor, targets: torch.Tensor
@@ -52,12 +56,14 @@ def score_batch(
 ) -> list[CandidateScores]:
     """Scores of every candidate of every request, in one prefix forward (+ one for long ones).
 
-    With `shared`, every request's prefix continues after that cached prefix (e.g. a task's soft
-    prompt), which is then not recomputed.
+    With `shared`, every request's prefix continues after that cached prefix (a task's soft
+    prompt and the text all prompts share, or one key/value prefix per request, stacked), which
+    is then not recomputed.
     """
     for r in requests:
         if not r.candidates or any(len(c) == 0 for c in r.candidates):
             raise ValueError("every request needs at least one non-empty candidate")
+    device = backbone.device
     past = splice(backbone, [r.prefix for r in requests])
     if shared is None:
         cache = backbone.new_cache()
@@ -69,7 +75,7 @@ def score_batch(
     first_logprobs = torch.log_softmax(backbone.lm_logits(last), dim=-1)  # [B, V]
 
     scores = [
-        first_logprobs[b, torch.tensor([c[0] for c in r.candidates])].clone()
+        first_logprobs[b, _ids([c[0] for c in r.candidates], device)].clone()
         for b, r in enumerate(requests)
     ]  # each [K]
     # Candidates with more than one token: feed all but their last token after the cached prefix.
@@ -80,48 +86,30 @@ def score_batch(
         fed = [list(requests[b].candidates[k][:-1]) for b, k in owners]
         rows = [b for b, _ in owners]
         cont = splice_continuation(backbone, past, rows, fed)
-        cache.batch_select_indices(torch.tensor(rows, dtype=torch.long))
+        cache.batch_select_indices(_ids(rows, device))
         cont_hidden = backbone.forward(cont.embeds, cont.attention_mask, cont.position_ids, cache)
-        valid = torch.arange(cont_hidden.shape[1]).unsqueeze(0) < cont.lengths.unsqueeze(1)
-        targets = torch.zeros_like(
-            valid, dtype=torch.long
-        )  # [N, W]: token predicted at each column
+        columns = torch.arange(cont_hidden.shape[1], device=device).unsqueeze(0)  # [1, W]
+        valid = columns < cont.lengths.unsqueeze(1)  # [N, W]
+        targets = torch.zeros_like(valid, dtype=torch.long)  # [N, W]: token predicted at each
         for i, (b, k) in enumerate(owners):
             rest = requests[b].candidates[k][1:]
-            targets[i, : len(rest)] = torch.tensor(list(rest), dtype=torch.long)
+            targets[i, : len(rest)] = _ids(rest, device)
         token_lp = _token_logprobs(backbone, cont_hidden[valid], targets[valid])  # [M]
-        per_candidate = torch.zeros(len(owners)).index_add_(
+        per_candidate = torch.zeros(len(owners), device=device).index_add_(
             0, torch.nonzero(valid)[:, 0], token_lp.float()
         )
         for i, (b, k) in enumerate(owners):
             scores[b][k] += per_candidate[i]
     return [
-        CandidateScores(s.float(), torch.tensor([len(c) for c in r.candidates], dtype=torch.float))
+        CandidateScores(
+            s.float().cpu(), torch.tensor([len(c) for c in r.candidates], dtype=torch.float)
+        )
         for s, r in zip(scores, requests, strict=True)
     ]
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
-    """Group indices into batches of at most `max_rows` rows and `max_tokens` padded tokens.
-
-    Indices are sorted by length first so padding stays small; each batch lists original indices.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in order:
-        longest_if_added = max(longest, lengths[i])
-        if current and (
-            len(current) >= max_rows or longest_if_added * (len(current) + 1) > max_tokens
-        ):
-            batches.append(current)
-            current, longest_if_added = [], lengths[i]
-        current.append(i)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    return batches
+def _ids(ids: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(list(ids), dtype=torch.long, device=device)
 
 
 @torch.no_grad()
@@ -129,7 +117,7 @@ def full_sequence_logprob(
     backbone: Backbone, prefix_ids: Sequence[int], target: Sequence[int]
 ) -> float:
     """Reference: log p(target | prefix) from one plain forward over prefix + target ids."""
-    ids = torch.tensor([list(prefix_ids) + list(target)])
+    ids = _ids([*prefix_ids, *target], backbone.device).unsqueeze(0)  # [1, T]
     logits = backbone.model(input_ids=ids).logits[0].float()  # [T, V]
     logprobs = torch.log_softmax(logits[len(prefix_ids) - 1 : -1], dim=-1)
-    return float(logprobs.gather(1, torch.tensor(list(target)).unsqueeze(1)).sum())
+    return float(logprobs.gather(1, _ids(target, backbone.device).unsqueeze(1)).sum())

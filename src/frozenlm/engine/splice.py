@@ -44,6 +44,10 @@ class Packed:
     labels: torch.Tensor  # [N_bins, C], target token at t, IGNORE_INDEX elsewhere
 
 
+def _ids(ids: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(list(ids), dtype=torch.long, device=device)
+
+
 def _is_soft(piece: Piece) -> bool:
     return isinstance(piece, torch.Tensor) and piece.is_floating_point()
 
@@ -64,7 +68,7 @@ def _embed_rows(
     # Embed every token piece of the batch in one call, then cut it back into pieces.
     token_pieces = [list(p) for row in full_rows for p in row if not _is_soft(p)]
     flat_ids = [i for piece in token_pieces for i in piece]
-    flat_embeds = backbone.embed(torch.tensor(flat_ids, dtype=torch.long))  # [N, D]
+    flat_embeds = backbone.embed(torch.tensor(flat_ids, dtype=torch.long, device=backbone.device))
     embedded = iter(torch.split(flat_embeds, [len(p) for p in token_pieces]))
 
     width = backbone.hidden_size
@@ -101,20 +105,22 @@ def splice(
     lengths = [int(e.shape[0]) for e in row_embeds]
     total = max(lengths) if lengths else 0
     padded = [torch.cat([e.new_zeros(total - int(e.shape[0]), width), e]) for e in row_embeds]
-    embeds = torch.stack(padded) if padded else torch.zeros(0, 0, width)  # [B, T, D]
+    device = backbone.device
+    empty = torch.zeros(0, 0, width, dtype=backbone.dtype, device=device)
+    embeds = torch.stack(padded) if padded else empty  # [B, T, D]
 
-    lengths_t = torch.tensor(lengths, dtype=torch.long)
-    columns = torch.arange(total).unsqueeze(0)  # [1, T]
+    lengths_t = torch.tensor(lengths, dtype=torch.long, device=device)
+    columns = torch.arange(total, device=device).unsqueeze(0)  # [1, T]
     pad = (total - lengths_t).unsqueeze(1)  # [B, 1]
     attention_mask = (columns >= pad).long()  # [B, T]
     position_ids = (columns - pad).clamp(min=0)  # [B, T]
 
     labels = None
     if targets is not None:
-        labels = torch.full((len(rows), total), IGNORE_INDEX, dtype=torch.long)
+        labels = torch.full((len(rows), total), IGNORE_INDEX, dtype=torch.long, device=device)
         for b, target in enumerate(targets):
             if target:
-                labels[b, total - len(target) :] = torch.tensor(list(target), dtype=torch.long)
+                labels[b, total - len(target) :] = _ids(target, device)
     return Spliced(embeds, attention_mask, position_ids, lengths_t, labels)
 
 
@@ -149,19 +155,21 @@ def pack(
 
     width = backbone.hidden_size
     embeds = embedded[0].new_zeros(len(bins), capacity, width)  # [N_bins, C, D]
-    position_ids = torch.zeros(len(bins), capacity, dtype=torch.long)
-    labels = torch.full((len(bins), capacity), IGNORE_INDEX, dtype=torch.long)
+    device = backbone.device
+    position_ids = torch.zeros(len(bins), capacity, dtype=torch.long, device=device)
+    labels = torch.full((len(bins), capacity), IGNORE_INDEX, dtype=torch.long, device=device)
     for b, members in enumerate(bins):
         start = 0
         for i in members:
             end = start + lengths[i]
             embeds[b, start:end] = embedded[i]
-            position_ids[b, start:end] = torch.arange(lengths[i])
+            position_ids[b, start:end] = torch.arange(lengths[i], device=device)
             if targets[i]:
-                labels[b, end - len(targets[i]) : end] = torch.tensor(list(targets[i]))
+                labels[b, end - len(targets[i]) : end] = _ids(targets[i], device)
             start = end
-        position_ids[b, start:] = torch.arange(capacity - start)  # dummy tail segment
-    return Packed(embeds, position_ids, torch.tensor(lengths, dtype=torch.long), labels)
+        position_ids[b, start:] = torch.arange(capacity - start, device=device)  # dummy tail
+    lengths_t = torch.tensor(lengths, dtype=torch.long, device=device)
+    return Packed(embeds, position_ids, lengths_t, labels)
 
 
 def splice_continuation(
@@ -178,13 +186,14 @@ def splice_continuation(
     """
     if not continuations:
         raise ValueError("no continuations to splice")
-    index = torch.tensor(list(rows), dtype=torch.long)
-    lengths = torch.tensor([len(c) for c in continuations], dtype=torch.long)
+    device = past.attention_mask.device
+    index = torch.tensor(list(rows), dtype=torch.long, device=device)
+    lengths = torch.tensor([len(c) for c in continuations], dtype=torch.long, device=device)
     width = int(lengths.max())
-    ids = torch.zeros(len(continuations), width, dtype=torch.long)
+    ids = torch.zeros(len(continuations), width, dtype=torch.long, device=device)  # [N, W]
     for i, cont in enumerate(continuations):
-        ids[i, : len(cont)] = torch.tensor(list(cont), dtype=torch.long)
-    columns = torch.arange(width).unsqueeze(0)  # [1, W]
+        ids[i, : len(cont)] = _ids(cont, device)
+    columns = torch.arange(width, device=device).unsqueeze(0)  # [1, W]
     new_mask = (columns < lengths.unsqueeze(1)).long()  # [N, W]
     attention_mask = torch.cat([past.attention_mask[index], new_mask], dim=1)  # [N, T + W]
     position_ids = past.lengths[index].unsqueeze(1) + columns  # [N, W]

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from frozenlm.backbone import Backbone
+from frozenlm.engine.batching import Row
 from frozenlm.errors import ConfigError
-from frozenlm.evaluation.evaluate import EvalConfig, label_candidates, score_prompts
+from frozenlm.evaluation.evaluate import EvalConfig, classification_prompter, score_prompts
 from frozenlm.metrics import Interval, bootstrap
-from frozenlm.prompts.render import Prompter
 from frozenlm.tasks import Task
 
 
@@ -88,18 +88,11 @@ def evaluate_ensemble(
         raise ConfigError("an ensemble needs at least two prompts")
     start = time.perf_counter()
     examples = list(task.split(config.split))[: config.limit]
-    prompter = Prompter(
-        task.spec,
-        backbone.tokenizer,
-        config.prompt_config(),
-        max_tokens=min(config.max_prompt_tokens, backbone.max_length),
-        answer_tokens=8,
-    )
-    candidates = label_candidates(task, prompter)
+    prompter, candidates = classification_prompter(backbone, task, config)
     rendered = [prompter.render(ex) for ex in examples]
-    rows = [r for _ in prompts for r in rendered]  # prompt-major: N x n rows
-    soft = [p.detach() for p in prompts for _ in rendered]
-    scores = score_prompts(backbone, rows, candidates, config, f"{task.name} ensemble", soft)
+    soft = [p.detach() for p in prompts]
+    rows = [Row(r.ids, s) for s in soft for r in rendered]  # prompt-major: N x n rows
+    scores = score_prompts(backbone, rows, candidates, config, f"{task.name} ensemble")
     scores = scores.view(len(prompts), len(examples), -1)  # [N, n, K]
 
     labels = list(task.spec.labels)

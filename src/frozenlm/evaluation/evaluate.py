@@ -14,13 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from frozenlm.backbone import Backbone
-from frozenlm.engine.generation import GenerationConfig, generate
-from frozenlm.engine.prefix_cache import PrefixCache, common_prefix_length
-from frozenlm.engine.scoring import ScoreRequest, score_batch, token_budget_batches
-from frozenlm.engine.splice import Piece
+from frozenlm.engine.batching import BatchBudget, Row, generate_rows, score_rows
+from frozenlm.engine.generation import GenerationConfig
 from frozenlm.errors import ConfigError, DataError
 from frozenlm.metrics import (
     Interval,
@@ -31,7 +28,7 @@ from frozenlm.metrics import (
     majority_label,
     token_f1,
 )
-from frozenlm.plugins.protocol import Plugin
+from frozenlm.plugins.protocol import Plugin, inference_tokens
 from frozenlm.prompts.demos import DemoSelector
 from frozenlm.prompts.render import PromptConfig, Prompter, RenderedPrompt
 from frozenlm.tasks import Example, Task
@@ -39,10 +36,6 @@ from frozenlm.tasks import Example, Task
 log = logging.getLogger(__name__)
 
 PROMPT_METHODS = ("zero-shot", "few-shot")
-# A plug-in's contribution to a batch: per-row soft tokens, or pieces every row starts with (an
-# input-independent soft prompt), whose keys and values are then computed once.
-Plugged = tuple[Sequence[torch.Tensor] | None, Sequence[Piece] | None]
-MIN_SHARED_TOKENS = 8  # a common text prefix shorter than this is not worth a separate forward
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, contextual calibration
 
 
@@ -81,6 +74,9 @@ class EvalConfig:
     """Rows per forward batch."""
     seed: int = 0
     """Seed for demonstration choice and bootstrap resampling."""
+
+    def budget(self) -> BatchBudget:
+        return BatchBudget(tokens=self.batch_tokens, rows=self.batch_rows)
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig(
@@ -137,6 +133,8 @@ def _prompt_stats(prompts: Sequence[RenderedPrompt]) -> dict[str, float]:
 
 
 def label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
+    """The token ids of each label's verbalizer (task label order), after `prompter`'s prompts;
+    two labels with the same ids are refused."""
     labels = list(task.spec.labels)
     ids = [prompter.continuation_ids(task.spec.labels[label]) for label in labels]
     seen: dict[tuple[int, ...], str] = {}
@@ -151,9 +149,11 @@ def label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
 
 
 def task_prompter(
-    backbone: Backbone, task: Task, config: EvalConfig, answer_tokens: int
+    backbone: Backbone, task: Task, config: EvalConfig, answer_tokens: int | None = None
 ) -> Prompter:
-    """The prompter of `task` under `config`, leaving `answer_tokens` of the context free."""
+    """The prompter of `task` under `config` within the backbone's context, leaving room for
+    `answer_tokens` (default: the longest label verbalizer; generation passes its
+    max-new-tokens)."""
     return Prompter(
         task.spec,
         backbone.tokenizer,
@@ -168,64 +168,37 @@ def classification_prompter(
 ) -> tuple[Prompter, list[list[int]]]:
     """A classification task's prompter, with room for its longest verbalizer, and the token
     ids of each label's verbalizer (in the task's label order)."""
-    candidates = label_candidates(task, task_prompter(backbone, task, config, answer_tokens=0))
-    longest = max(len(c) for c in candidates)
-    return task_prompter(backbone, task, config, answer_tokens=longest), candidates
+    prompter = task_prompter(backbone, task, config)
+    return prompter, label_candidates(task, prompter)
 
 
-def _shared_prefix(
-    backbone: Backbone,
-    prompts: Sequence[RenderedPrompt],
-    soft: Sequence[torch.Tensor] | None,
-    shared: Sequence[Piece] | None,
-    share_text: bool = True,
-) -> tuple[list[list[Piece]], list[int], PrefixCache | None]:
-    """Each row's own pieces, their lengths, and the KV cache of what all rows start with.
-
-    Rows start with the shared pieces (an input-independent soft prompt) and then, when no
-    per-row soft tokens come first, with the text all prompts have in common (chat template,
-    instruction, fixed demonstrations): both are computed once, not once per row.
-    """
-    ids = [p.ids for p in prompts]
-    common = common_prefix_length(ids) if share_text and soft is None else 0
-    if common < MIN_SHARED_TOKENS:
-        common = 0
-    pieces: list[Piece] = [*(shared or []), *([ids[0][:common]] if common else [])]
-    cache = PrefixCache.compute(backbone, pieces) if pieces else None
-    own = [row[common:] for row in ids]
+def prompt_rows(
+    prompts: Sequence[RenderedPrompt], soft: Sequence[torch.Tensor] | None = None
+) -> list[Row]:
+    """Engine rows of rendered prompts, each after its soft tokens when given."""
     if soft is None:
-        return [[row] for row in own], [len(row) for row in own], cache
-    prefixes: list[list[Piece]] = [[s, row] for s, row in zip(soft, own, strict=True)]
-    return prefixes, [len(row) + int(s.shape[0]) for s, row in zip(soft, own, strict=True)], cache
+        return [Row(p.ids) for p in prompts]
+    return [Row(p.ids, s) for p, s in zip(prompts, soft, strict=True)]
 
 
 def score_prompts(
     backbone: Backbone,
-    prompts: Sequence[RenderedPrompt],
+    rows: Sequence[Row],
     candidates: list[list[int]],
     config: EvalConfig,
     desc: str,
-    soft: Sequence[torch.Tensor] | None = None,
-    shared: Sequence[Piece] | None = None,
     share_text: bool = True,
 ) -> torch.Tensor:
-    """Log-probability scores [N, K] of every label for every prompt.
-
-    `soft`: per-row soft tokens before each prompt; `shared`: pieces before every prompt (an
-    input-independent soft prompt). What all rows start with is computed once (`share_text`:
-    including the text all prompts have in common).
-    """
-    out = torch.zeros(len(prompts), len(candidates))
-    longest = max(len(c) for c in candidates)
-    prefixes, own, cache = _shared_prefix(backbone, prompts, soft, shared, share_text)
-    lengths = [n + longest for n in own]
-    batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
-    with tqdm(total=len(prompts), desc=desc, unit="ex", disable=None, leave=False) as bar:
-        for batch in batches:
-            requests = [ScoreRequest(prefixes[i], candidates) for i in batch]
-            for i, scores in zip(batch, score_batch(backbone, requests, cache), strict=True):
-                out[i] = scores.normalized() if config.length_normalize else scores.logprobs
-            bar.update(len(batch))
+    """Log-probability scores [N, K] of every label for every row (length-normalised when the
+    config says so). What all rows start with is computed once (`share_text`: including the
+    text all prompts have in common)."""
+    budget = config.budget()
+    scores = score_rows(
+        backbone, rows, [candidates] * len(rows), budget, share_text=share_text, desc=desc
+    )
+    out = torch.zeros(len(rows), len(candidates))
+    for i, s in enumerate(scores):
+        out[i] = s.values(config.length_normalize)
     return out
 
 
@@ -241,7 +214,7 @@ def _content_free_logprobs(
     prompts = [
         prompter.render_content_free(demo_sets[k], content=c) for k in keys for c in CONTENT_FREE
     ]
-    scores = score_prompts(backbone, prompts, candidates, config, "calibrating")
+    scores = score_prompts(backbone, prompt_rows(prompts), candidates, config, "calibrating")
     probs = torch.softmax(scores, dim=-1).view(len(keys), len(CONTENT_FREE), -1).mean(dim=1)
     return {key: torch.log(probs[i]) for i, key in enumerate(keys)}
 
@@ -287,13 +260,10 @@ def evaluate(
         )
     demos = selector.select_many(examples) if selector else [[] for _ in examples]
     prompts = [prompter.render(ex, d) for ex, d in zip(examples, demos, strict=True)]
-    soft, shared = None, None
+    soft = None
     if plugin is not None:
-        with torch.no_grad():
-            soft = [t.detach() for t in plugin.soft_tokens(task.spec, examples)]
-        if not plugin.reads_input:
-            # The same soft prompt for every row: its keys and values are computed once.
-            shared, soft = [soft[0]], None
+        soft = inference_tokens([(plugin, task.spec, ex) for ex in examples])
+    rows = prompt_rows(prompts, soft)
 
     report = Report(
         task=task.name,
@@ -311,9 +281,7 @@ def evaluate(
         prompt_stats=_prompt_stats(prompts),
     )
     if generation:
-        _finish_generation(
-            backbone, prompter, examples, prompts, (soft, shared), config, max_new, report
-        )
+        _finish_generation(backbone, prompter, examples, rows, config, max_new, report)
     else:
         _finish_classification(
             backbone,
@@ -321,8 +289,7 @@ def evaluate(
             prompter,
             examples,
             demos,
-            prompts,
-            (soft, shared),
+            rows,
             candidates,
             config,
             report,
@@ -338,15 +305,14 @@ def _finish_classification(
     prompter: Prompter,
     examples: Sequence[Example],
     demos: Sequence[list[Example]],
-    prompts: Sequence[RenderedPrompt],
-    plugged: Plugged,
+    rows: Sequence[Row],
     candidates: list[list[int]],
     config: EvalConfig,
     report: Report,
 ) -> None:
     labels = list(task.spec.labels)
     desc = f"{task.name} {report.method}"
-    scores = score_prompts(backbone, prompts, candidates, config, desc, *plugged)
+    scores = score_prompts(backbone, rows, candidates, config, desc)
     gold = [ex.label for ex in examples]
 
     def accuracy(rows: torch.Tensor) -> tuple[list[str], Interval]:
@@ -384,27 +350,15 @@ def _finish_generation(
     backbone: Backbone,
     prompter: Prompter,
     examples: Sequence[Example],
-    prompts: Sequence[RenderedPrompt],
-    plugged: Plugged,
+    rows: Sequence[Row],
     config: EvalConfig,
     max_new: int,
     report: Report,
 ) -> None:
-    soft, shared = plugged
     stop = ("\n\n",) if config.chain_of_thought else ("\n",)
     gen_config = GenerationConfig(max_new_tokens=max_new, stop=stop)
-    outputs: list[str] = [""] * len(prompts)
-    prefixes, own, cache = _shared_prefix(backbone, prompts, soft, shared)
-    lengths = [n + max_new for n in own]
-    batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
-    with tqdm(
-        total=len(prompts), desc=f"{report.task} generate", unit="ex", disable=None, leave=False
-    ) as bar:
-        for batch in batches:
-            texts = generate(backbone, [prefixes[i] for i in batch], gen_config, cache)
-            for i, text in zip(batch, texts, strict=True):
-                outputs[i] = text
-            bar.update(len(batch))
+    desc = f"{report.task} generate"
+    outputs = generate_rows(backbone, rows, gen_config, config.budget(), desc=desc)
     answers = [prompter.extract_answer(text) for text in outputs]
     refs = [ex.answers or (ex.label,) for ex in examples]
     em = [exact_match(a, r) for a, r in zip(answers, refs, strict=True)]

@@ -14,14 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from frozenlm.backbone import Backbone
-from frozenlm.engine.scoring import ScoreRequest, score_batch, token_budget_batches
-from frozenlm.engine.splice import Piece
+from frozenlm.engine.batching import Row, score_rows
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, classification_prompter
-from frozenlm.plugins.protocol import Plugin, soft_tokens_by_row
+from frozenlm.plugins.protocol import Plugin, inference_tokens
 from frozenlm.prompts.render import Prompter
 from frozenlm.tasks import Example, Task
 
@@ -49,14 +47,13 @@ class RowScores:
 
 def _soft_tokens(rows: Sequence[PluggedRow]) -> list[torch.Tensor | None]:
     """Each row's soft tokens (None for rows without a plug-in)."""
-    plugged = [i for i, row in enumerate(rows) if row.plugin is not None]
-    with torch.no_grad():
-        tokens = soft_tokens_by_row(
-            [(rows[i].plugin, rows[i].task.spec, rows[i].example) for i in plugged]
-        )
+    plugged = [(i, row.plugin) for i, row in enumerate(rows) if row.plugin is not None]
+    tokens = inference_tokens(
+        [(plugin, rows[i].task.spec, rows[i].example) for i, plugin in plugged]
+    )
     out: list[torch.Tensor | None] = [None] * len(rows)
-    for i, row_tokens in zip(plugged, tokens, strict=True):
-        out[i] = row_tokens.detach()
+    for (i, _), row_tokens in zip(plugged, tokens, strict=True):
+        out[i] = row_tokens
     return out
 
 
@@ -79,25 +76,13 @@ def score_plugged_rows(
             raise ConfigError(f"task '{row.task.name}' is not classification; rows are scored")
         if row.task.name not in prompters:
             prompters[row.task.name] = classification_prompter(backbone, row.task, config)
-    soft = _soft_tokens(rows)
-    prefixes: list[list[Piece]] = []
-    for row, tokens in zip(rows, soft, strict=True):
-        ids = prompters[row.task.name][0].render(row.example).ids
-        prefixes.append([tokens, ids] if tokens is not None else [ids])
-    lengths = [
-        sum(len(p) for p in prefix) + max(len(c) for c in prompters[row.task.name][1])
-        for prefix, row in zip(prefixes, rows, strict=True)
+    engine_rows = [
+        Row(prompters[row.task.name][0].render(row.example).ids, tokens)
+        for row, tokens in zip(rows, _soft_tokens(rows), strict=True)
     ]
-    scores: list[torch.Tensor | None] = [None] * len(rows)
-    batches = token_budget_batches(lengths, config.batch_tokens, config.batch_rows)
-    with tqdm(total=len(rows), desc=desc, unit="row", disable=None, leave=False) as bar:
-        for batch in batches:
-            requests = [ScoreRequest(prefixes[i], prompters[rows[i].task.name][1]) for i in batch]
-            for i, result in zip(batch, score_batch(backbone, requests), strict=True):
-                scores[i] = result.normalized() if config.length_normalize else result.logprobs
-            bar.update(len(batch))
+    candidates = [prompters[row.task.name][1] for row in rows]
+    scores = score_rows(backbone, engine_rows, candidates, config.budget(), desc=desc)
     return [
-        RowScores(list(row.task.spec.labels), s)
+        RowScores(list(row.task.spec.labels), s.values(config.length_normalize))
         for row, s in zip(rows, scores, strict=True)
-        if s is not None
     ]

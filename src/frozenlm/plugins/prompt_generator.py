@@ -92,8 +92,9 @@ class InputEncoder(Protocol):
 def _pad(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad [L_b, E] rows into states [B, L, E] and a mask [B, L]."""
     states = pad_sequence(list(rows), batch_first=True)  # [B, L, E], zeros after each row
-    lengths = torch.tensor([int(r.shape[0]) for r in rows])
-    mask = torch.arange(states.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
+    lengths = torch.tensor([int(r.shape[0]) for r in rows], device=states.device)
+    columns = torch.arange(states.shape[1], device=states.device).unsqueeze(0)  # [1, L]
+    mask = columns < lengths.unsqueeze(1)  # [B, L]
     return states, mask
 
 
@@ -112,7 +113,8 @@ class BackboneEmbeddingEncoder:
         ids = [
             tokenizer.encode(t, add_special_tokens=False)[: self.max_tokens] or [0] for t in texts
         ]
-        flat = self.backbone.embed(torch.tensor([i for row in ids for i in row])).float()
+        flat_ids = torch.tensor([i for row in ids for i in row], device=self.backbone.device)
+        flat = self.backbone.embed(flat_ids).float()  # [N, E]
         return _pad(torch.split(flat, [len(row) for row in ids]))
 
 
@@ -242,6 +244,8 @@ class PromptGenerator(nn.Module):
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """Soft prompts [B, P, D] for the texts."""
         states, mask = self.encoder.encode(texts)  # [B, L, E], [B, L]
+        device = self.base.device  # the encoder may run elsewhere (MiniLM stays on the CPU)
+        states, mask = states.to(device=device, dtype=self.base.dtype), mask.to(device)
         length = states.shape[1]
         memory = self.read(states) + self.positions[:length]  # [B, L, W]
         queries = self.queries.unsqueeze(0).expand(len(texts), -1, -1)  # [B, P, W]

@@ -71,6 +71,8 @@ class Plugin(Protocol):
 
     def requires_grad_(self, requires_grad: bool = True) -> Any: ...
 
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 def single_group(plugin: nn.Module, lr: float) -> list[dict[str, Any]]:
     """One optimizer group of every trainable parameter at `lr` (for `param_groups`)."""
@@ -86,15 +88,27 @@ def soft_tokens_by_row(
     rows: Sequence[tuple[Plugin, TaskSpec, Example]],
 ) -> list[torch.Tensor]:
     """Each row's soft tokens from its own plug-in, asking each plug-in once per task in the
-    batch (a generator then writes a whole group's prompts in one forward). Gradients flow as
-    the caller's grad mode allows."""
+    batch (a generator then writes a whole group's prompts in one forward; a plug-in that does
+    not read the input gives every row of the task the same tensor). Gradients flow as the
+    caller's grad mode allows."""
     out: list[torch.Tensor | None] = [None] * len(rows)
     groups: dict[tuple[int, str], list[int]] = {}
     for i, (plugin, spec, _) in enumerate(rows):
         groups.setdefault((id(plugin), spec.name), []).append(i)
     for index in groups.values():
-        plugin, spec, _ = rows[index[0]]
-        tokens = plugin.soft_tokens(spec, [rows[i][2] for i in index])
+        plugin, spec, first = rows[index[0]]
+        if plugin.reads_input:
+            tokens = plugin.soft_tokens(spec, [rows[i][2] for i in index])
+        else:  # one object for every row of the task: the engine then computes it once
+            tokens = plugin.soft_tokens(spec, [first]) * len(index)
         for i, row_tokens in zip(index, tokens, strict=True):
             out[i] = row_tokens
     return [t for t in out if t is not None]
+
+
+def inference_tokens(rows: Sequence[tuple[Plugin, TaskSpec, Example]]) -> list[torch.Tensor]:
+    """`soft_tokens_by_row` without gradients, detached; rows that shared a tensor still do."""
+    with torch.no_grad():
+        tokens = soft_tokens_by_row(rows)
+    seen: dict[int, torch.Tensor] = {}
+    return [seen.setdefault(id(t), t.detach()) for t in tokens]

@@ -22,7 +22,8 @@ class PluginMethod:
     """How one method of plug-in is made and restored."""
 
     build: Callable[[Mapping[str, Any], Backbone, Sequence[TaskSpec], int], Plugin]
-    """(plugin config JSON, backbone, task specs, seed) -> a new plug-in."""
+    """(plugin config JSON, backbone, task specs, seed) -> a new plug-in (fp32, on the CPU;
+    `new_plugin` moves it to the backbone's device)."""
     restore: Callable[[Checkpoint, Backbone], Plugin]
     """A saved checkpoint (already checked against the backbone) -> the plug-in."""
 
@@ -62,6 +63,19 @@ def plugin_method(name: str) -> PluginMethod:
     if name not in PLUGINS:
         raise ConfigError(f"unknown plug-in method '{name}'; expected one of {', '.join(PLUGINS)}")
     return PLUGINS[name]
+
+
+def new_plugin(
+    method: str,
+    config: Mapping[str, Any],
+    backbone: Backbone,
+    specs: Sequence[TaskSpec],
+    seed: int,
+) -> Plugin:
+    """A new plug-in of `method` for the tasks `specs`, on the backbone's device (fp32)."""
+    plugin = plugin_method(method).build(config, backbone, specs, seed)
+    plugin.to(backbone.device)
+    return plugin
 
 
 def plugin_meta(
@@ -107,4 +121,5 @@ def load_plugin(
         raise CheckpointError(f"checkpoint '{path}' holds an unknown plug-in method '{method}'")
     plugin = PLUGINS[method].restore(checkpoint, backbone)
     plugin.requires_grad_(False)
+    plugin.to(backbone.device)  # fp32 weights on the backbone's device, cast at use
     return plugin, checkpoint

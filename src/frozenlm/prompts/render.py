@@ -81,9 +81,9 @@ class Prompter:
     """Renders one task's examples into prompts for one tokenizer within a token budget.
 
     `max_tokens` is the context budget (the backbone's maximum positions, or less);
-    `answer_tokens` is reserved after the prefix for the answer (the longest verbalizer, or
-    `max_new_tokens` when generating). Rendering is deterministic: the same example and demos
-    always give the same prompt.
+    `answer_tokens` is reserved after the prefix for the answer: by default (None) the longest
+    label verbalizer of a classification task; a generation task passes its max-new-tokens.
+    Rendering is deterministic: the same example and demos always give the same prompt.
     """
 
     def __init__(
@@ -93,7 +93,7 @@ class Prompter:
         config: PromptConfig,
         *,
         max_tokens: int,
-        answer_tokens: int,
+        answer_tokens: int | None = None,
         annotate: Callable[[Example], str] | None = None,
     ) -> None:
         if config.chain_of_thought and spec.kind != "generation":
@@ -101,15 +101,14 @@ class Prompter:
                 f"chain_of_thought applies to generation tasks only; task '{spec.name}' is "
                 f"{spec.kind}"
             )
-        if answer_tokens < 0 or max_tokens <= answer_tokens:
+        if answer_tokens is None and spec.kind != "classification":
             raise ConfigError(
-                f"max_tokens ({max_tokens}) must exceed answer_tokens ({answer_tokens}) >= 0"
+                f"task '{spec.name}' is {spec.kind}: give the tokens to reserve for its answer"
             )
         self.spec = spec
         self.tokenizer = tokenizer
         self.config = config
         self.max_tokens = max_tokens
-        self.answer_tokens = answer_tokens
         self.use_chat = bool(config.chat_template and getattr(tokenizer, "chat_template", None))
         self.instruction = _full_instruction(spec, config)
         self.annotate = annotate
@@ -125,6 +124,14 @@ class Prompter:
         # Continuations are tokenized after a prefix's end so that they join it exactly.
         self._anchor_text = self._render_text((), {name: "" for name in spec.input_fields})
         self._anchor_ids = self._encode_plain(self._anchor_text)
+        if answer_tokens is None:  # room for the longest label verbalizer
+            answers = [self.continuation_ids(v) for v in spec.labels.values()]
+            answer_tokens = max((len(a) for a in answers), default=0)
+        if answer_tokens < 0 or max_tokens <= answer_tokens:
+            raise ConfigError(
+                f"max_tokens ({max_tokens}) must exceed answer_tokens ({answer_tokens}) >= 0"
+            )
+        self.answer_tokens = answer_tokens
 
     # -- public API -------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, cache_dir
 from frozenlm.engine.generation import GenerationConfig, generate
 from frozenlm.errors import ConfigError, FrozenLMError
-from frozenlm.evaluation.evaluate import EvalConfig, label_candidates, score_prompts
+from frozenlm.evaluation.evaluate import EvalConfig, label_candidates, prompt_rows, score_prompts
 from frozenlm.prompts.render import Prompter, RenderedPrompt
 from frozenlm.tasks.spec import Task
 
@@ -81,7 +81,8 @@ class LocalBackend:
     ) -> list[Choice]:
         labels = list(task.spec.labels)
         candidates = label_candidates(task, prompter)
-        scores = score_prompts(self.backbone, prompts, candidates, self.config, task.name)
+        rows = prompt_rows(prompts)
+        scores = score_prompts(self.backbone, rows, candidates, self.config, task.name)
         return [
             Choice(labels[int(row.argmax())], [round(float(s), 4) for s in row]) for row in scores
         ]

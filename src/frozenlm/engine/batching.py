@@ -1,0 +1,201 @@
+"""Rows into batches: what every row shares is computed once, the rest goes in token budgets.
+
+A `Row` is one prompt for the frozen backbone and its conditioning: soft tokens [P, D] before
+its ids (a soft prompt, a generated prompt) and/or a per-layer key/value prefix (a deep
+prompt). Rows of one call may carry different conditioning (mixed tasks and plug-ins).
+
+`lay_out` finds what all rows start with: the same key/value prefix, the same soft tokens (the
+same tensor object: one task's soft prompt) and, when no row has soft tokens of its own, the
+text all prompts have in common (chat template, instruction, fixed demonstrations). That is run
+once into a `PrefixCache`; each row keeps only its own pieces. `score_rows` and `generate_rows`
+are the one batch loop of evaluation, mixed batches, ensembles and SuperICL: length-sorted
+batches within a token budget, progress bar, results in the rows' order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from frozenlm.backbone import Backbone
+from frozenlm.engine.generation import GenerationConfig, generate
+from frozenlm.engine.prefix_cache import PrefixCache, common_prefix_length
+from frozenlm.engine.scoring import CandidateScores, ScoreRequest, score_batch
+from frozenlm.engine.splice import Piece
+
+MIN_SHARED_TOKENS = 8
+"""A common text prefix shorter than this is not worth a separate forward (evaluation)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One prompt for the backbone: [kv prefix | soft tokens | ids]."""
+
+    ids: Sequence[int]
+    """The prompt's token ids."""
+    soft: torch.Tensor | None = None
+    """Soft tokens [P, D] before the ids. Rows given the same tensor object share it."""
+    kv: PrefixCache | None = None
+    """A single-row per-layer key/value prefix before everything (a deep prompt). Rows given
+    the same object share it."""
+
+
+@dataclass(frozen=True)
+class BatchBudget:
+    """How large a forward batch may be."""
+
+    tokens: int = 4096
+    """Padded tokens per forward batch."""
+    rows: int = 16
+    """Rows per forward batch."""
+
+
+@dataclass
+class Layout:
+    """Rows as the engine runs them: what all rows continue after, and each row's own part."""
+
+    shared: PrefixCache | None
+    """Computed once; every row continues after it (None: nothing shared)."""
+    pieces: list[list[Piece]]
+    """Each row's own pieces (its soft tokens unless shared, then its ids past the shared text)."""
+    kv: list[PrefixCache] | None
+    """Each row's own key/value prefix, when the rows' prefixes differ (stacked per batch)."""
+
+    def lengths(self) -> list[int]:
+        """Positions each row computes (its own pieces)."""
+        return [sum(len(p) for p in row) for row in self.pieces]
+
+    def prefix_for(self, batch: Sequence[int]) -> PrefixCache | None:
+        """The prefix the rows `batch` continue after: the shared one or their stacked own."""
+        if self.kv is None:
+            return self.shared
+        return PrefixCache.stack([self.kv[i] for i in batch])
+
+
+def _same(items: Sequence[object]) -> bool:
+    return all(item is items[0] for item in items)
+
+
+def lay_out(
+    backbone: Backbone,
+    rows: Sequence[Row],
+    *,
+    share_text: bool = True,
+    min_text: int = MIN_SHARED_TOKENS,
+    grad: bool = False,
+) -> Layout:
+    """What all `rows` start with, run once (with `grad`, inside the autograd graph), and the
+    pieces each row adds. Text is shared only when at least `min_text` tokens are common."""
+    if not rows:
+        return Layout(None, [], None)
+    kvs = [row.kv for row in rows]
+    softs = [row.soft for row in rows]
+    shared_kv = _same(kvs)
+    shared_soft = shared_kv and softs[0] is not None and _same(softs)
+    own_soft = any(s is not None for s in softs) and not shared_soft
+    common = 0
+    if share_text and shared_kv and not own_soft:
+        common = common_prefix_length([row.ids for row in rows])
+        if common < min_text:
+            common = 0
+    first = rows[0]
+    prefix: list[Piece] = []
+    if shared_soft and first.soft is not None and first.soft.shape[0] > 0:
+        prefix.append(first.soft)
+    if common:
+        prefix.append(list(first.ids[:common]))
+    base = first.kv if shared_kv else None
+    shared = base
+    if prefix:
+        shared = PrefixCache.compute(backbone, prefix, grad=grad, after=base)
+    pieces: list[list[Piece]] = []
+    for row in rows:
+        own: list[Piece] = [] if shared_soft or row.soft is None else [row.soft]
+        own.append(list(row.ids[common:]))
+        pieces.append(own)
+    if shared_kv:
+        return Layout(shared, pieces, None)
+    missing = [i for i, kv in enumerate(kvs) if kv is None]
+    if missing:
+        raise ValueError(f"rows {missing[:5]} have no key/value prefix while others do")
+    return Layout(None, pieces, [kv for kv in kvs if kv is not None])
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Group indices into batches of at most `max_rows` rows and `max_tokens` padded tokens.
+
+    Indices are sorted by length first so padding stays small; each batch lists original indices.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        longest_if_added = max(longest, lengths[i])
+        if current and (
+            len(current) >= max_rows or longest_if_added * (len(current) + 1) > max_tokens
+        ):
+            batches.append(current)
+            current, longest_if_added = [], lengths[i]
+        current.append(i)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    return batches
+
+
+def score_rows(
+    backbone: Backbone,
+    rows: Sequence[Row],
+    candidates: Sequence[Sequence[Sequence[int]]],
+    budget: BatchBudget = BatchBudget(),
+    *,
+    share_text: bool = True,
+    desc: str = "scoring",
+) -> list[CandidateScores]:
+    """Rank-classification scores of each row's candidates (`candidates[i]` for row i), in
+    batches within `budget`; equal (to float tolerance) to scoring each row alone."""
+    if len(candidates) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(candidates)} candidate lists")
+    layout = lay_out(backbone, rows, share_text=share_text)
+    lengths = [
+        n + max(len(c) for c in cands)
+        for n, cands in zip(layout.lengths(), candidates, strict=True)
+    ]
+    out: list[CandidateScores | None] = [None] * len(rows)
+    batches = token_budget_batches(lengths, budget.tokens, budget.rows)
+    with tqdm(total=len(rows), desc=desc, unit="ex", disable=None, leave=False) as bar:
+        for batch in batches:
+            requests = [ScoreRequest(layout.pieces[i], candidates[i]) for i in batch]
+            scores = score_batch(backbone, requests, layout.prefix_for(batch))
+            for i, result in zip(batch, scores, strict=True):
+                out[i] = result
+            bar.update(len(batch))
+    return [s for s in out if s is not None]
+
+
+def generate_rows(
+    backbone: Backbone,
+    rows: Sequence[Row],
+    config: GenerationConfig,
+    budget: BatchBudget = BatchBudget(),
+    *,
+    share_text: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy continuation of each row (see `generate`), in batches within `budget`."""
+    layout = lay_out(backbone, rows, share_text=share_text)
+    lengths = [n + config.max_new_tokens for n in layout.lengths()]
+    out = [""] * len(rows)
+    batches = token_budget_batches(lengths, budget.tokens, budget.rows)
+    with tqdm(total=len(rows), desc=desc, unit="ex", disable=None, leave=False) as bar:
+        for batch in batches:
+            prefixes = [layout.pieces[i] for i in batch]
+            texts = generate(backbone, prefixes, config, layout.prefix_for(batch))
+            for i, text in zip(batch, texts, strict=True):
+                out[i] = text
+            bar.update(len(batch))
+    return out
