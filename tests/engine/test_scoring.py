@@ -58,17 +58,31 @@ def test_lm_head_runs_only_where_a_score_needs_it(tiny: Backbone, monkeypatch) -
     assert sum(rows_seen) == len(requests) + extra
 
 
-def test_length_normalisation_divides_by_tokens(tiny: Backbone) -> None:
-    scores = score_batch(tiny, _requests(tiny)[:1])[0]
-    torch.testing.assert_close(scores.normalized(), scores.logprobs / scores.lengths)
-
-
-def test_soft_prefix_pieces_are_scored(tiny: Backbone) -> None:
-    soft = torch.randn(3, tiny.hidden_size)
-    plain, with_soft = score_batch(
-        tiny, [ScoreRequest([[5, 6]], [[7], [8, 9]]), ScoreRequest([soft, [5, 6]], [[7], [8, 9]])]
+def test_length_normalisation_is_the_mean_token_log_probability(tiny: Backbone) -> None:
+    request = _requests(tiny)[2]  # candidates of one to four tokens
+    scores = score_batch(tiny, [request])[0]
+    (prefix,) = request.prefix
+    assert isinstance(prefix, list)
+    want = [full_sequence_logprob(tiny, prefix, c) / len(c) for c in request.candidates]
+    torch.testing.assert_close(
+        scores.values(length_normalize=True), torch.tensor(want), atol=1e-4, rtol=0
     )
-    assert not torch.allclose(plain.logprobs, with_soft.logprobs)
+    assert scores.lengths.tolist() == [len(c) for c in request.candidates]
+    torch.testing.assert_close(scores.values(), scores.logprobs)
+
+
+def test_soft_prefix_pieces_are_scored_as_input_embeddings(tiny: Backbone) -> None:
+    """Soft tokens before the ids score as one plain forward over [soft | embed(ids)] does."""
+    soft = torch.randn(3, tiny.hidden_size, generator=torch.Generator().manual_seed(5))
+    ids, candidates = [5, 6, 40], [[7], [8, 9]]
+    (scores,) = score_batch(tiny, [ScoreRequest([soft, ids], candidates)])
+    want = []
+    for cand in candidates:
+        embeds = torch.cat([soft, tiny.embed(torch.tensor(ids + cand))]).unsqueeze(0)
+        logits = tiny.model(inputs_embeds=embeds).logits[0].float()  # [T, V]
+        logprobs = torch.log_softmax(logits[-len(cand) - 1 : -1], dim=-1)
+        want.append(float(logprobs.gather(1, torch.tensor(cand).unsqueeze(1)).sum()))
+    torch.testing.assert_close(scores.logprobs, torch.tensor(want), atol=1e-4, rtol=0)
 
 
 def test_a_cached_soft_prompt_scores_like_a_recomputed_one(tiny: Backbone) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -64,11 +65,24 @@ def test_builtin_tasks_are_cached_and_reload_identically() -> None:
     assert other_seed.split_hash() != first.split_hash()
 
 
-def test_builtins_load_lazily() -> None:
+def test_builtins_load_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading one built-in task reads that task's package file and no other."""
+    from frozenlm.tasks import builtin
+
     builtin_examples.cache_clear()
     _load_builtin.cache_clear()
+    opened: list[str] = []
+    real = builtin.package_file
+
+    def recording(package: str, relative: str) -> Any:
+        opened.append(package)
+        return real(package, relative)
+
+    monkeypatch.setattr(builtin, "package_file", recording)
     load_task("trivia")
-    assert builtin_examples.cache_info().currsize == 1
+    assert opened == [BUILTIN_TASKS["trivia"].package]
+    load_task("trivia", seed=1)  # another split of the same examples: nothing read again
+    assert opened == [BUILTIN_TASKS["trivia"].package]
 
 
 def test_label_distributions() -> None:
