@@ -40,6 +40,23 @@ def test_training_learns_the_toy_task_and_leaves_out_the_excluded(
     assert plugin.info["dev_accuracy"] == best
 
 
+def test_seeded_training_and_init_leave_the_callers_rng_untouched(
+    toy: Task, tiny_encoder: Path
+) -> None:
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    first = SmallClassifier.tiny(toy, seed=3)
+    config = ClassifierTrainConfig(epochs=1, max_train=16, batch_size=8, dev_limit=8, seed=2)
+    trained = SmallClassifier.train(toy, config, encoder=str(tiny_encoder))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(12)  # another caller state: the same seeds give the same weights
+    again = SmallClassifier.train(toy, config, encoder=str(tiny_encoder))
+    for name, value in SmallClassifier.tiny(toy, seed=3).model.state_dict().items():
+        assert torch.equal(value, first.model.state_dict()[name])
+    for name, value in again.model.state_dict().items():
+        assert torch.equal(value, trained.model.state_dict()[name])
+
+
 def test_predictions_carry_the_softmax_confidence(toy: Task) -> None:
     plugin = SmallClassifier.tiny(toy)
     probs = plugin.probabilities(toy.test[:5])

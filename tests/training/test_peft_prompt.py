@@ -10,7 +10,9 @@ def test_peft_reference_trains_and_leaves_the_backbone_untouched(tiny: Backbone)
     fingerprint = tiny.fingerprint
     weights_before = tiny.model.get_input_embeddings().weight.clone()
     task = load_task("trec")
+    rng_before = torch.random.get_rng_state()
     result = train_peft_prompt(tiny, task, PeftPromptConfig(prompt_length=4, steps=3, batch_size=4))
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # seeded inside, caller untouched
     assert len(result.losses) == 3 and result.seconds > 0
     prompt = result.plugin.prompts["trec"]
     assert prompt.shape == (4, tiny.hidden_size) and prompt.dtype == torch.float32

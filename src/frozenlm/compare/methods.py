@@ -15,9 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
-from frozenlm.backbone import Backbone
+from frozenlm.backbone import Backbone, seeded_rng
 from frozenlm.codec import to_json
 from frozenlm.evaluation.evaluate import EvalConfig, Report
 from frozenlm.plugins.checkpoint import load_checkpoint, save_checkpoint
@@ -240,8 +238,8 @@ class _FineTuning:
         return None
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        torch.manual_seed(seed)
-        tuned, weights = self.copy(backbone)
+        with seeded_rng(seed, backbone.device):  # seeded adapter init; the caller's RNG untouched
+            tuned, weights = self.copy(backbone)
         config = replace(
             _train_config(budget, seed), optimizer="adamw", lr=self.lr, weight_decay=0.0
         )

@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from frozenlm.atomic import build_folder
-from frozenlm.backbone import quiet_loading
+from frozenlm.backbone import quiet_loading, seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError, DataError
 from frozenlm.prompts.demos import default_encoder_path
 from frozenlm.tasks.spec import Example, Task, TaskSpec
@@ -109,14 +109,14 @@ class SmallClassifier:
             raise DataError(f"task '{task.name}' has no training examples for the plug-in")
         pool = balanced_sample(pool, config.max_train, config.seed)
         path = encoder or default_encoder_path()
-        torch.manual_seed(config.seed)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        with quiet_loading():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, **_head_labels(task.spec)
-            )
-        plugin = cls(model, tokenizer, task.spec, {"name": name, "encoder": str(path)})
-        plugin._fit(pool, list(task.dev[: config.dev_limit]), config)
+        with seeded_rng(config.seed):  # seeded head init and dropout; the caller's RNG untouched
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            with quiet_loading():
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path, **_head_labels(task.spec)
+                )
+            plugin = cls(model, tokenizer, task.spec, {"name": name, "encoder": str(path)})
+            plugin._fit(pool, list(task.dev[: config.dev_limit]), config)
         plugin.info["excluded_ids"] = sorted(skip)
         return plugin
 
@@ -125,8 +125,7 @@ class SmallClassifier:
         """An untrained 2-layer BERT over MiniLM's vocabulary, for unit tests."""
         path = encoder or default_encoder_path()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        torch.manual_seed(seed)
-        config = BertConfig(  # type: ignore[call-arg]
+        config = BertConfig(
             vocab_size=tokenizer.vocab_size,
             hidden_size=32,
             num_hidden_layers=2,
@@ -135,7 +134,8 @@ class SmallClassifier:
             max_position_embeddings=512,
             **_head_labels(task.spec),
         )
-        model = BertForSequenceClassification(config)
+        with seeded_rng(seed):  # seeded weights; the caller's RNG untouched
+            model = BertForSequenceClassification(config)
         return cls(model, tokenizer, task.spec, {"name": "TinyBERT", "encoder": "tiny"})
 
     @classmethod

@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
+from transformers import PreTrainedModel
 
 from frozenlm.backbone import Backbone
 from frozenlm.plugins.protocol import single_group
@@ -54,11 +55,13 @@ class FineTuned(nn.Module):
         self.method = method
         named = dict(model.named_parameters())
         self.weights = nn.ParameterDict({_key(n): named[n] for n in trainable})
-        self._width = int(model.get_input_embeddings().weight.shape[1])  # type: ignore[operator]
+        embeddings = cast(nn.Embedding, cast(PreTrainedModel, model).get_input_embeddings())
+        self._width = int(embeddings.weight.shape[1])
 
     def soft_tokens(self, task: TaskSpec, examples: Sequence[Example]) -> list[torch.Tensor]:
-        """No soft tokens ([0, D] per example)."""
-        return [torch.zeros(0, self._width)] * len(examples)
+        """No soft tokens ([0, D] per example, on the weights' device)."""
+        device = next(iter(self.weights.values())).device
+        return [torch.zeros(0, self._width, device=device)] * len(examples)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The trained weights, under their names in the model (what a user must store)."""
@@ -121,8 +124,10 @@ def lora_copy(
 
 
 def full_copy(backbone: Backbone) -> tuple[Backbone, FineTuned]:
-    """A copy of the backbone with every weight trainable (tied weights counted once)."""
+    """A copy of the backbone with every weight trainable (tied weights counted once), in fp32
+    whatever the backbone's dtype: trained weights are fp32 (bf16 cannot hold small updates)."""
     tuned, model = _copy_backbone(backbone, "full-ft")
+    model.float()
     model.requires_grad_(True)
     trainable = [n for n, _ in model.named_parameters()]
     return tuned, FineTuned("full-ft", model, trainable)

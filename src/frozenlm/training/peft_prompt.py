@@ -15,9 +15,9 @@ import torch
 from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 from tqdm.auto import tqdm
 
-from frozenlm.backbone import Backbone
+from frozenlm.backbone import Backbone, seeded_rng
 from frozenlm.engine.splice import IGNORE_INDEX
-from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
+from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import Task
 from frozenlm.training.loop import DataOrder, Row, TrainConfig, training_rows
 
@@ -45,27 +45,41 @@ class PeftPromptResult:
     losses: list[float]
 
 
-def _batch_tensors(rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, mask and labels (-100 except the target tokens), as PEFT's examples."""
+def _batch_tensors(
+    rows: Sequence[Row], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, mask and labels (-100 except the target tokens), as PEFT's examples,
+    on `device`."""
     width = max(len(r.prefix) + len(r.target) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)  # [B, T]
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # [B, T]
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE_INDEX)
     for b, row in enumerate(rows):
         tokens = row.prefix + row.target
-        ids[b, : len(tokens)] = torch.tensor(tokens)
+        ids[b, : len(tokens)] = torch.tensor(tokens, device=device)
         mask[b, : len(tokens)] = 1
-        labels[b, len(row.prefix) : len(tokens)] = torch.tensor(row.target)
+        labels[b, len(row.prefix) : len(tokens)] = torch.tensor(row.target, device=device)
     return ids, mask, labels
 
 
 def train_peft_prompt(
     backbone: Backbone, task: Task, config: PeftPromptConfig = PeftPromptConfig()
 ) -> PeftPromptResult:
-    """Train one task's prompt with PEFT; return it as a frozenlm soft prompt."""
+    """Train one task's prompt with PEFT; return it as a frozenlm soft prompt (fp32). The torch
+    RNG is seeded with `config.seed` inside; the caller's is left as it was."""
     rows = training_rows(backbone, [task], TrainConfig(seed=config.seed))
     order = DataOrder(len(rows), config.seed)
-    torch.manual_seed(config.seed)
+    with seeded_rng(config.seed, backbone.device):
+        return _train(backbone, task, config, rows, order)
+
+
+def _train(
+    backbone: Backbone,
+    task: Task,
+    config: PeftPromptConfig,
+    rows: Sequence[Row],
+    order: DataOrder,
+) -> PeftPromptResult:
     peft_config = PromptTuningConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=config.prompt_length,
@@ -81,7 +95,7 @@ def train_peft_prompt(
         for step in tqdm(range(config.steps), desc=f"peft {task.name}", disable=None):
             first = step * config.batch_size
             batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
-            ids, mask, labels = _batch_tensors(batch)
+            ids, mask, labels = _batch_tensors(batch, backbone.device)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             optimizer.step()
@@ -93,7 +107,7 @@ def train_peft_prompt(
         # PEFT's wrapper put the backbone in train mode: back to frozen and eval.
         backbone.model.eval()
         backbone.model.requires_grad_(False)
-    prompt_config = SoftPromptConfig(length=config.prompt_length, init="random")  # type: ignore[arg-type]
+    prompt_config = SoftPromptConfig(length=config.prompt_length, init=PromptInit.RANDOM)
     plugin = SoftPromptSet({task.name: weights}, prompt_config)
     plugin.requires_grad_(False)
     return PeftPromptResult(plugin, seconds, losses)
