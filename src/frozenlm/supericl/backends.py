@@ -56,6 +56,10 @@ class Backend(Protocol):
     name: str
     uses_chat_template: bool
     """Whether prompts for it should be rendered with the local tokenizer's chat template."""
+    calls: int
+    """Requests sent to the model over the network (0 for the local backbone)."""
+    cache_hits: int
+    """Requests answered from the on-disk response cache."""
 
     def choose(
         self, task: Task, prompter: Prompter, prompts: Sequence[RenderedPrompt]
@@ -75,6 +79,8 @@ class LocalBackend:
         self.name = backbone.name
         self.uses_chat_template = chat_template
         self.config = config
+        self.calls = 0  # no network requests: the backbone is local
+        self.cache_hits = 0
 
     def choose(
         self, task: Task, prompter: Prompter, prompts: Sequence[RenderedPrompt]

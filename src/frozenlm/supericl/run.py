@@ -9,10 +9,12 @@ paper's ablations (no confidences; no demonstrations).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from frozenlm.errors import ConfigError, DataError
@@ -21,7 +23,12 @@ from frozenlm.metrics import Interval, bootstrap, majority_label
 from frozenlm.prompts.demos import DemoSelector
 from frozenlm.prompts.render import PromptConfig, Prompter, RenderedPrompt
 from frozenlm.supericl.backends import EXPLAIN_CUE, Backend, Choice
-from frozenlm.supericl.small_classifier import ClassifierPrediction, SmallClassifier
+from frozenlm.supericl.small_classifier import (
+    MARKER,
+    ClassifierPrediction,
+    ClassifierTrainConfig,
+    SmallClassifier,
+)
 from frozenlm.tasks.spec import Example, Task
 
 log = logging.getLogger(__name__)
@@ -142,7 +149,7 @@ def plugin_note(name: str, verbalizer: str, confidence: float | None) -> str:
 def run_supericl(
     task: Task,
     backend: Backend,
-    plugin: SmallClassifier,
+    classifier: SmallClassifier,
     demos: Sequence[Example],
     tokenizer: Any,
     config: SuperICLConfig = SuperICLConfig(),
@@ -161,7 +168,7 @@ def run_supericl(
     start = time.perf_counter()
     predicted = dict(zip(
         [ex.id for ex in [*demos, *examples]],
-        plugin.predict([*demos, *examples]),
+        classifier.predict([*demos, *examples]),
         strict=True,
     ))  # fmt: skip
     verbalizers = task.spec.labels
@@ -207,7 +214,7 @@ def run_supericl(
         task=task.name,
         backend=backend.name,
         config=config,
-        plugin=_plugin_summary(plugin),
+        plugin=_classifier_summary(classifier),
         n=len(examples),
         metrics={},
         intervals={},
@@ -223,8 +230,8 @@ def run_supericl(
     result.metrics["plugin_demo_accuracy"] = sum(right) / len(right) if right else None
     result.seconds = time.perf_counter() - start
     result.calls = {
-        "requests": int(getattr(backend, "calls", 0)),
-        "cache_hits": int(getattr(backend, "cache_hits", 0)),
+        "requests": backend.calls,
+        "cache_hits": backend.cache_hits,
     }
     dropped = sum(p.dropped_demos > 0 for p in prompts["supericl"])
     if dropped:
@@ -310,10 +317,10 @@ def _score(
     result.metrics = metrics
 
 
-def _plugin_summary(plugin: SmallClassifier) -> dict[str, Any]:
+def _classifier_summary(classifier: SmallClassifier) -> dict[str, Any]:
     keep = ("name", "encoder", "train_examples", "train_seconds", "dev_accuracy", "best_epoch")
-    return {k: plugin.info[k] for k in keep if k in plugin.info} | {
-        "parameters": plugin.num_parameters
+    return {k: classifier.info[k] for k in keep if k in classifier.info} | {
+        "parameters": classifier.num_parameters
     }
 
 
@@ -363,3 +370,66 @@ def plugin_report(
         examples_per_s=len(examples) / seconds if seconds > 0 else 0.0,
         prompt_stats={"mean_prompt_tokens": 0.0},
     )
+
+
+# ------------------------------------------------------------------ the whole job
+def plugin_identity(
+    task: Task, excluded: list[str], train: ClassifierTrainConfig, encoder: str | None
+) -> dict[str, Any]:
+    """What makes a trained plug-in reusable for a run: the same data, exclusions and recipe."""
+    return {
+        "task": task.name,
+        "split_hash": task.split_hash(),
+        "excluded_ids": sorted(excluded),
+        "config": asdict(train),
+        "encoder": encoder or "default",
+    }
+
+
+def get_classifier(
+    task: Task,
+    demos: list[Example],
+    config: SuperICLConfig,
+    *,
+    plugin: str = "default",
+    train: ClassifierTrainConfig = ClassifierTrainConfig(),
+    save_to: str | Path | None = None,
+    encoder: str | None = None,
+) -> SmallClassifier:
+    """The small classifier: the user's folder (`plugin` = a path), or the default MiniLM one:
+    loaded from `save_to` when it was trained the same way, else trained and saved there."""
+    if plugin != "default":
+        path = Path(plugin)
+        if not path.exists():
+            raise ConfigError(f"--plugin '{plugin}' is neither 'default' nor an existing folder")
+        return SmallClassifier.load(path, task.spec)
+    excluded = [] if config.in_sample_demos else [d.id for d in demos]
+    identity = plugin_identity(task, excluded, train, encoder)
+    if save_to is not None and (Path(save_to) / MARKER).is_file():
+        saved = json.loads((Path(save_to) / MARKER).read_text())
+        if saved.get("identity") == identity:
+            log.warning("reusing the plug-in trained earlier in %s", save_to)
+            return SmallClassifier.load(save_to, task.spec)
+    trained = SmallClassifier.train(task, train, exclude=excluded, encoder=encoder)
+    trained.info["identity"] = identity
+    if save_to is not None:
+        trained.save(save_to)
+    return trained
+
+
+def supericl_job(
+    task: Task,
+    backend: Backend,
+    tokenizer: Any,
+    config: SuperICLConfig,
+    *,
+    plugin: str = "default",
+    train: ClassifierTrainConfig = ClassifierTrainConfig(),
+    save_plugin_to: str | Path | None = None,
+    max_tokens: int | None = None,
+) -> SuperICLResult:
+    demos = pick_demos(task, config)
+    classifier = get_classifier(
+        task, demos, config, plugin=plugin, train=train, save_to=save_plugin_to
+    )
+    return run_supericl(task, backend, classifier, demos, tokenizer, config, max_tokens)
