@@ -4,14 +4,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+import frozenlm.backbone as backbone_module
 from frozenlm.atomic import build_folder
-from frozenlm.backbone import Backbone, TinyConfig, _is_complete
+from frozenlm.backbone import (
+    Backbone,
+    TinyConfig,
+    _is_complete,
+    resolve_backbone,
+    resolve_device,
+    resolve_dtype,
+)
+from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.engine.splice import splice
 from frozenlm.errors import ConfigError
+
+TINY_FINGERPRINT = "8cab9ef0e0e9192f01147420f650efd9"
+"""The tiny model's fingerprint as checkpoints and run records carry it: it must never change."""
 
 
 def test_backbone_is_frozen_by_construction(tiny: Backbone) -> None:
@@ -32,6 +45,101 @@ def test_load_from_a_saved_folder_keeps_the_fingerprint(tiny: Backbone, tmp_path
     loaded = Backbone.load(tmp_path)
     assert loaded.fingerprint == tiny.fingerprint
     assert loaded.source == str(tmp_path.resolve())
+
+
+def test_the_fingerprint_names_the_weights_in_every_dtype(tiny: Backbone, tmp_path: Path) -> None:
+    assert tiny.fingerprint == TINY_FINGERPRINT
+    for dtype in ("bfloat16", "float16"):
+        cast = Backbone.load("tiny", device="cpu", dtype=dtype)
+        assert cast.dtype == backbone_module.DTYPES[dtype]
+        assert cast.fingerprint == TINY_FINGERPRINT
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    folder = Backbone.load(tmp_path, dtype="bfloat16")
+    assert folder.dtype == torch.bfloat16 and folder.fingerprint == TINY_FINGERPRINT
+
+
+def test_a_folder_fingerprint_is_cached_by_file_stamps(
+    tiny: Backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FROZENLM_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    assert Backbone.load(folder).fingerprint == TINY_FINGERPRINT
+    (cached,) = (tmp_path / "cache" / "fingerprints").iterdir()
+    cached.write_text('{"fingerprint": "from-the-cache"}')
+    assert Backbone.load(folder).fingerprint == "from-the-cache"  # read, not recomputed
+    tiny.model.save_pretrained(folder)  # new files, new stamps: computed again
+    assert Backbone.load(folder).fingerprint == TINY_FINGERPRINT
+
+
+def test_bfloat16_scores_agree_with_float32(tiny: Backbone) -> None:
+    half = Backbone.load("tiny", device="cpu", dtype="bfloat16")
+    assert half.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    tok = tiny.tokenizer
+    texts = [f"Review {i}: the film was {w}. Sentiment:" for i, w in enumerate(
+        ["great", "dull", "fine", "awful", "a long, winding and surprisingly tender story"]
+    )]  # fmt: skip
+    labels = [" positive", " negative", " neutral", " mixed feelings"]
+    candidates = [tok.encode(c, add_special_tokens=False) for c in labels]
+    requests = [ScoreRequest([tok.encode(t, add_special_tokens=False)], candidates) for t in texts]
+    full = torch.stack([s.logprobs for s in score_batch(tiny, requests)])  # [N, K]
+    low = torch.stack([s.logprobs for s in score_batch(half, requests)])  # [N, K]
+    assert low.dtype == torch.float32  # lm_logits are fp32 on every dtype
+    assert not torch.equal(low, full)  # bf16 really ran
+    # Measured: at most 0.0021 nats apart on this model (torch 2.13, CPU). The tolerance, 0.05
+    # nats per label log-prob, keeps any two labels more than 0.1 nats apart in fp32 in order.
+    torch.testing.assert_close(low, full, atol=0.05, rtol=0)
+    assert torch.equal(low.argmax(dim=1), full.argmax(dim=1))
+
+
+def test_a_bad_device_or_dtype_is_one_clear_sentence() -> None:
+    expected = {
+        ("auto", "fp8"): "dtype 'fp8' is not one of auto, float32, bfloat16, float16",
+        ("tpu", "auto"): "device 'tpu' is not one of auto, cpu, cuda, cuda:N, mps",
+        ("cuda:x", "auto"): "device 'cuda:x' is not one of auto, cpu, cuda, cuda:N, mps",
+    }
+    if not torch.cuda.is_available():
+        expected[("cuda", "auto")] = "device 'cuda' needs CUDA, which this machine does not have"
+    for (device, dtype), message in expected.items():
+        with pytest.raises(ConfigError) as err:
+            resolve_backbone("tiny", device=device, dtype=dtype)
+        assert str(err.value) == message
+
+
+def test_auto_picks_the_gpu_and_bfloat16_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32  # CPU numbers unchanged
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float16", torch.device("cuda")) == torch.float16
+    with pytest.raises(ConfigError, match=r"^device 'cuda:2' does not exist: this machine has 2"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float32
+
+
+def test_an_explicit_device_goes_through_the_placement_a_gpu_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    placed: list[tuple[torch.device, torch.dtype]] = []
+    real = backbone_module._placed
+
+    def spy(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
+        placed.append((device, dtype))
+        return real(model, device, dtype)
+
+    monkeypatch.setattr(backbone_module, "_placed", spy)
+    loaded = Backbone.load("tiny", device="cpu", dtype="bfloat16")
+    assert placed == [(torch.device("cpu"), torch.bfloat16)]
+    assert loaded.device == torch.device("cpu") and loaded.dtype == torch.bfloat16
+    ids = torch.tensor([[5, 6, 7]], dtype=torch.int32)
+    hidden = loaded.forward(loaded.embed(ids), torch.ones(1, 3), torch.arange(3)[None])
+    assert hidden.dtype == torch.bfloat16 and loaded.lm_logits(hidden).dtype == torch.float32
 
 
 def test_a_folder_without_config_is_refused(tmp_path: Path) -> None:

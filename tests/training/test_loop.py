@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import write_toy_task
-from frozenlm.backbone import Backbone
+from frozenlm.backbone import Backbone, TinyConfig
 from frozenlm.codec import to_json
 from frozenlm.engine.splice import pack, splice
-from frozenlm.errors import ConfigError
+from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.checkpoint import load_checkpoint
 from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
 from frozenlm.plugins.registry import load_plugin
@@ -119,6 +120,31 @@ def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(
     assert best.meta["metrics"]["step"] == result.best_step
     plugin, _ = load_plugin(tmp_path / "run", tiny)
     assert isinstance(plugin, SoftPromptSet) and plugin.task_names == ["toy"]
+
+
+def test_a_plugin_trained_in_float32_loads_and_scores_in_bfloat16(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    task_file = write_toy_task(tmp_path, 24)
+    config = TrainConfig(steps=3, batch_size=4, eval_every=3, eval_limit=4)
+    prompt = to_json(SoftPromptConfig(length=4))
+    train_plugin(tiny, [str(task_file)], "soft-prompt", prompt, config, tmp_path / "run")
+    half = Backbone.load("tiny", device="cpu", dtype="bfloat16")
+    plugin, _ = load_plugin(tmp_path / "run", half)
+    assert isinstance(plugin, SoftPromptSet)
+    assert plugin.prompts["toy"].dtype == torch.float32  # plug-in weights stay fp32
+    task = load_task(str(task_file))
+    eval_config = EvalConfig(split="test")
+    low = evaluate(half, task, eval_config, plugin=plugin)
+    full = evaluate(tiny, task, eval_config, plugin=load_plugin(tmp_path / "run", tiny)[0])
+    assert low.n == full.n == 4 and low.fingerprint == full.fingerprint
+    for a, b in zip(low.predictions, full.predictions, strict=True):
+        torch.testing.assert_close(  # the tolerance of test_bfloat16_scores_agree_with_float32
+            torch.tensor(a["scores"]), torch.tensor(b["scores"]), atol=0.05, rtol=0
+        )
+    other = Backbone.tiny(TinyConfig(seed=1), device="cpu", dtype="bfloat16")
+    with pytest.raises(CheckpointError, match="was trained on backbone"):
+        load_plugin(tmp_path / "run", other)
 
 
 def test_an_existing_run_is_not_overwritten(tiny: Backbone, tmp_path: Path) -> None:
