@@ -1,6 +1,17 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-from frozenlm.compare.report import ranking_check, serving_bytes, shift_table
+from frozenlm.compare.report import (
+    METHOD_ORDER,
+    ranking_check,
+    report_summary,
+    serving_bytes,
+    shift_table,
+    write_report,
+)
 
 
 def _cell(method: str, value: float, size: str = "all", *, half: float = 0.02,
@@ -84,3 +95,51 @@ def test_the_supericl_line_needs_both_baselines_beaten() -> None:
     cells[1] = _cell("plugin", 0.99)
     line = next(x for x in ranking_check(cells, ["t"]) if "SuperICL" in x)
     assert "does not hold" in line
+
+
+def test_the_report_orders_methods_as_the_registry_lists_them() -> None:
+    from frozenlm.compare.methods import METHODS
+
+    assert tuple(METHODS) == METHOD_ORDER
+
+
+def _config() -> dict[str, Any]:
+    backbone = {"name": "b", "parameters": 1000, "fingerprint": "f" * 16}
+    return {"tasks": ["t"], "seed": 0, "budget_detail": "tiny", "backbone": backbone}
+
+
+def _reported_cells() -> list[dict[str, Any]]:
+    cells = [_cell("zero-shot", 0.6), _cell("soft-prompt", 0.8)]
+    for cell in cells:
+        cell["costs"] |= {"trainable_parameters": 10, "labelled_dev": 0, "train_peak_mb": 1.0,
+                          "inference_examples_per_s": 2.0}  # fmt: skip
+    return cells
+
+
+def test_the_summary_is_the_report_up_to_its_costs(tmp_path: Path) -> None:
+    cells = _reported_cells()
+    path = write_report(tmp_path, cells, _config(), 4000, 90.0)
+    summary = report_summary(cells, _config(), 90.0)
+    assert path.read_text().startswith(summary + "\n\n## Costs\n")
+    assert summary.splitlines()[-1].startswith("| soft-prompt | 0.800 [0.780, 0.820]")
+    assert "Wall time of this run: 1.5 min" in summary
+
+
+def test_writing_a_report_sets_no_global_matplotlib_state(tmp_path: Path) -> None:
+    (tmp_path / "in.json").write_text(json.dumps([_reported_cells(), _config()]))
+    code = f"""
+import json, sys
+import matplotlib
+raw = dict.__getitem__  # reading rcParams["backend"] would resolve (and set) the backend
+backend = raw(matplotlib.rcParams, "backend")
+from pathlib import Path
+from frozenlm.compare.report import write_report
+out = Path({str(tmp_path)!r})
+cells, config = json.loads((out / "in.json").read_text())
+write_report(out, cells, config, 4000, 1.0)
+assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
+assert raw(matplotlib.rcParams, "backend") == backend, "the backend was set"
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "learning_curves.png").read_bytes().startswith(b"\x89PNG")

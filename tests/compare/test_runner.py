@@ -53,8 +53,9 @@ def test_compare_runs_every_method_and_continues_after_an_interruption(
     out = tmp_path / "cmp"
     config = CompareConfig(tasks=("sentiment",), methods=tuple(parse_methods("all")),
                            budget=TINY_BUDGET, domain_shift=False)  # fmt: skip
-    report = compare(tiny, config, out)
+    result = compare(tiny, config, out)
     cells = json.loads((out / "results.json").read_text())["cells"]
+    assert json.loads(json.dumps(result.cells)) == cells and result.report == out / "report.md"
     done = {(c["method"], c["train_size"]) for c in cells if c["status"] == "done"}
     assert ("zero-shot", "all") in done and ("few-shot", "all") in done
     for method in ("soft-prompt", "peft-prompt", "lora", "full-ft", "id-pt", "plugin", "supericl"):
@@ -72,7 +73,8 @@ def test_compare_runs_every_method_and_continues_after_an_interruption(
     assert by[("plugin", "4")]["costs"]["labelled_train"] == 2
     assert by[("supericl", "8")]["costs"]["mean_prompt_tokens"] > 0
     assert not by[("plugin", "8")]["costs"]["shares_backbone"]  # it needs no backbone
-    text = report.read_text()
+    text = result.report.read_text()
+    assert result.summary == text.split("\n\n## Costs", 1)[0]
     assert "## Quality" in text and "Input-dependent prompts on sentiment beat" in text
     for png in ("quality_vs_parameters", "quality_vs_time", "learning_curves", "serving_memory"):
         assert (out / f"{png}.png").stat().st_size > 10_000

@@ -1,75 +1,112 @@
-"""`frozenlm train`: parse its options, train one plug-in on the tasks named, record the run.
-
-Kept apart so the main CLI module stays a list of commands.
-"""
+"""`frozenlm train`: one plug-in on the tasks named (`frozenlm.training.loop.train_plugin`)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from frozenlm.codec import to_json
+from frozenlm.cli.common import add_backbone, load_backbone, record
 from frozenlm.errors import ConfigError
 
+if TYPE_CHECKING:
+    from frozenlm.backbone import Backbone
+    from frozenlm.training.loop import TrainResult
 
-def add_train_command(sub: Any, add_backbone: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add `frozenlm train` to the CLI's subcommands."""
-    tr = sub.add_parser(
-        "train",
-        help="train a plug-in (soft prompt or ID-PT prompt generator) on one or more tasks",
-        description="Train one plug-in on the tasks named, in mixed-task batches. soft-prompt: "
-        "one prompt per task (or one for all with --shared-prompt); id-pt: one generator that "
-        "writes each input's prompt from its instruction and text.",
+DESCRIPTION = (
+    "Train one plug-in on the tasks named, in mixed-task batches. soft-prompt: one prompt per "
+    "task (or one for all with --shared-prompt); id-pt: one generator that writes each input's "
+    "prompt from its instruction and text."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from frozenlm.plugins.prompt_generator import EncoderKind, PromptGeneratorConfig
+    from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig
+    from frozenlm.training.loop import TrainConfig
+
+    parser.description = DESCRIPTION
+    parser.add_argument("--task", required=True, help="task names or files, comma-separated")
+    parser.add_argument("--method", choices=["soft-prompt", "id-pt"], default="soft-prompt")
+    parser.add_argument("--out", required=True, help="output folder (best/ and last/ checkpoints)")
+    parser.add_argument(
+        "--prompt-length", type=int, default=SoftPromptConfig.length, help="soft tokens per input"
     )
-    tr.add_argument("--task", required=True, help="task names or files, comma-separated")
-    tr.add_argument("--method", choices=["soft-prompt", "id-pt"], default="soft-prompt")
-    tr.add_argument("--out", required=True, help="output folder (best/ and last/ checkpoints)")
-    tr.add_argument("--prompt-length", type=int, default=20, help="soft tokens per input")
-    tr.add_argument("--init", choices=["class-labels", "vocab", "random"], default="class-labels")
-    tr.add_argument(
+    parser.add_argument(
+        "--init", choices=[i.value for i in PromptInit], default=SoftPromptConfig.init.value
+    )
+    parser.add_argument(
         "--shared-prompt", action="store_true", help="soft-prompt: one prompt for every task"
     )
-    tr.add_argument(
+    parser.add_argument(
         "--encoder",
-        choices=["backbone-embeddings", "minilm"],
-        default="minilm",
+        choices=[e.value for e in EncoderKind],
+        default=PromptGeneratorConfig.encoder.value,
         help="id-pt: the frozen encoder the generator reads the input with",
     )
-    tr.add_argument("--generator-width", type=int, default=256, help="id-pt: attention width")
-    tr.add_argument("--generator-layers", type=int, default=1, help="id-pt: decoder layers")
-    tr.add_argument(
+    parser.add_argument(
+        "--generator-width",
+        type=int,
+        default=PromptGeneratorConfig.width,
+        help="id-pt: attention width",
+    )
+    parser.add_argument(
+        "--generator-layers",
+        type=int,
+        default=PromptGeneratorConfig.layers,
+        help="id-pt: decoder layers",
+    )
+    parser.add_argument(
         "--task-cap",
         type=int,
-        default=None,
+        default=TrainConfig.task_cap,
         help="at most this many train examples per task (keeps a large task from drowning "
         "the others in a multi-task mix)",
     )
-    tr.add_argument("--steps", type=int, default=150, help="optimizer steps at most")
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    tr.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor")
-    tr.add_argument(
+    parser.add_argument(
+        "--steps", type=int, default=TrainConfig.steps, help="optimizer steps at most"
+    )
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument(
+        "--grad-accum", type=int, default=TrainConfig.grad_accum, help="micro-batches per step"
+    )
+    parser.add_argument(
+        "--optimizer", choices=["adafactor", "adamw"], default=TrainConfig.optimizer
+    )
+    parser.add_argument(
         "--lr",
         type=float,
-        default=0.3,
+        default=TrainConfig.lr,
         help="learning rate (Lester: 0.3); id-pt: its base prompt's, the network's is 1/300 of it",
     )
-    tr.add_argument("--weight-decay", type=float, default=1e-5)
-    tr.add_argument("--eval-every", type=int, default=25, help="dev evaluation every N steps")
-    tr.add_argument("--eval-limit", type=int, default=200, help="dev examples per evaluation")
-    tr.add_argument("--patience", type=int, default=4, help="evaluations without improvement")
-    tr.add_argument("--no-chat-template", action="store_true")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--resume", action="store_true", help="continue from OUT/last")
-    add_backbone(tr)
-    tr.set_defaults(func=run_train_command)
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=TrainConfig.eval_every,
+        help="dev evaluation every N steps",
+    )
+    parser.add_argument(
+        "--eval-limit",
+        type=int,
+        default=TrainConfig.eval_limit,
+        help="dev examples per evaluation",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=TrainConfig.patience,
+        help="evaluations without improvement",
+    )
+    parser.add_argument("--no-chat-template", action="store_true")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    add_backbone(parser)
 
 
-def run_train_command(args: argparse.Namespace) -> int:
-    from frozenlm.backbone import resolve_backbone
+def run(args: argparse.Namespace) -> int:
+    from frozenlm.codec import to_json
     from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
     from frozenlm.plugins.soft_prompt import SoftPromptConfig
     from frozenlm.training.loop import TrainConfig, train_plugin
@@ -103,7 +140,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         plugin_config = to_json(
             SoftPromptConfig(length=args.prompt_length, init=args.init, shared=args.shared_prompt)
         )
-    backbone = resolve_backbone(args.backbone)
+    backbone = load_backbone(args)
     result = train_plugin(
         backbone,
         args.task.split(","),
@@ -122,10 +159,9 @@ def run_train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_train(args: argparse.Namespace, backbone: Any, result: Any) -> None:
+def _record_train(args: argparse.Namespace, backbone: Backbone, result: TrainResult) -> None:
     """The train record, from the best checkpoint's plugin.json (split hashes, dev metrics per
     task, tensor shapes)."""
-    from frozenlm.cli.main import _record
     from frozenlm.plugins.checkpoint import PLUGIN_JSON, read_json_object
 
     best = read_json_object(Path(args.out) / "best" / PLUGIN_JSON, "the best checkpoint")
@@ -142,4 +178,4 @@ def _record_train(args: argparse.Namespace, backbone: Any, result: Any) -> None:
         "stopped_early": result.stopped_early,
         "trainable_parameters": trainable,
     }
-    _record(args, "train", backbone, best["split_hashes"], metrics, costs, [args.out])
+    record(args, "train", backbone, best["split_hashes"], metrics, costs, [args.out])

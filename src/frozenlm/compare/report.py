@@ -8,15 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from frozenlm.atomic import atomic_write_bytes, atomic_write_json
-from frozenlm.compare.methods import METHODS
+
+METHOD_ORDER = (
+    "zero-shot",
+    "few-shot",
+    "soft-prompt",
+    "peft-prompt",
+    "lora",
+    "full-ft",
+    "id-pt",
+    "plugin",
+    "supericl",
+)
+"""The methods in report order, prompt design first: `compare.methods.METHODS` lists them in
+this order (a test checks), but the report does not import the methods (torch, PEFT)."""
 
 PLOTS = {
     "quality_vs_parameters": "quality_vs_parameters.png",
@@ -27,6 +37,8 @@ PLOTS = {
 PROMPT_DESIGN = ("zero-shot", "few-shot")
 FINE_TUNING = ("full-ft", "lora")
 SERVED_TASKS = (1, 2, 5, 10, 20, 50)
+Heads: TypeAlias = dict[tuple[str, str], dict[str, Any]]
+"""(task, method) -> the cell with the most training data."""
 
 
 def _done(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -34,8 +46,8 @@ def _done(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _in_registry_order(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Cells ordered by method as the registry lists them (prompt design first)."""
-    order = {name: i for i, name in enumerate(METHODS)}
+    """Cells ordered by method as `METHOD_ORDER` lists them (prompt design first)."""
+    order = {name: i for i, name in enumerate(METHOD_ORDER)}
     return sorted(cells, key=lambda c: order.get(c["method"], len(order)))
 
 
@@ -44,7 +56,7 @@ def _size_key(cell: dict[str, Any]) -> float:
     return float("inf") if size == "all" else float(size)
 
 
-def headline_cells(cells: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+def headline_cells(cells: Sequence[dict[str, Any]]) -> Heads:
     """The cell with the most training data per (task, method), in registry order."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for cell in _in_registry_order(_done(cells)):
@@ -184,133 +196,149 @@ def _compare(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "tied"
 
 
-def ranking_check(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[str]:
-    """The usual qualitative ranking, line by line against the measured cells."""
-    heads = headline_cells(cells)
-    lines: list[str] = []
+def _quality_order(heads: Heads, task: str) -> list[str]:
+    """Quality: fine-tuning > prompt tuning > prompt engineering."""
+    ft = [heads[(task, m)] for m in FINE_TUNING if (task, m) in heads]
+    pt = heads.get((task, "soft-prompt"))
+    pe = [heads[(task, m)] for m in PROMPT_DESIGN if (task, m) in heads]
+    if not (ft and pt and pe):
+        return [f"- Quality on {task}: not enough methods ran to check."]
+    best_ft = max(ft, key=lambda c: c["test"]["value"])
+    best_pe = max(pe, key=lambda c: c["test"]["value"])
+    first = _compare(best_ft, pt)
+    second = _compare(pt, best_pe)
+    verdict = {
+        ("higher", "higher"): "holds",
+        ("tied", "higher"): "partly holds (fine-tuning and prompt tuning tie)",
+        ("higher", "tied"): "partly holds (prompt tuning and prompt design tie)",
+        ("tied", "tied"): "not distinguishable at this test size (all intervals overlap)",
+    }.get((first, second), "does not hold")
+    return [
+        f"- Quality on {task}, fine-tuning > prompt tuning > prompt engineering: {verdict} — "
+        f"{best_ft['method']} {best_ft['test']['value']:.3f}, soft-prompt "
+        f"{pt['test']['value']:.3f}, {best_pe['method']} {best_pe['test']['value']:.3f} "
+        "(differences inside the 95% intervals count as ties)."
+    ]
 
-    # 1. Quality: fine-tuning > prompt tuning > prompt engineering.
-    for task in tasks:
-        ft = [heads[(task, m)] for m in FINE_TUNING if (task, m) in heads]
-        pt = heads.get((task, "soft-prompt"))
-        pe = [heads[(task, m)] for m in PROMPT_DESIGN if (task, m) in heads]
-        if not (ft and pt and pe):
-            lines.append(f"- Quality on {task}: not enough methods ran to check.")
-            continue
-        best_ft = max(ft, key=lambda c: c["test"]["value"])
-        best_pe = max(pe, key=lambda c: c["test"]["value"])
-        first = _compare(best_ft, pt)
-        second = _compare(pt, best_pe)
-        verdict = {
-            ("higher", "higher"): "holds",
-            ("tied", "higher"): "partly holds (fine-tuning and prompt tuning tie)",
-            ("higher", "tied"): "partly holds (prompt tuning and prompt design tie)",
-            ("tied", "tied"): "not distinguishable at this test size (all intervals overlap)",
-        }.get((first, second), "does not hold")
-        lines.append(
-            f"- Quality on {task}, fine-tuning > prompt tuning > prompt engineering: {verdict} — "
-            f"{best_ft['method']} {best_ft['test']['value']:.3f}, soft-prompt "
-            f"{pt['test']['value']:.3f}, {best_pe['method']} {best_pe['test']['value']:.3f} "
-            "(differences inside the 95% intervals count as ties)."
-        )
 
-    # 2. Data needed: fine-tuning >> prompt tuning > prompt engineering.
-    for task in tasks:
-        target = max(
-            (heads[(task, m)]["test"]["value"] for m in PROMPT_DESIGN if (task, m) in heads),
-            default=None,
+def _data_needed(cells: Sequence[dict[str, Any]], heads: Heads, task: str) -> list[str]:
+    """Labelled data needed to beat prompt design: fine-tuning >> prompt tuning."""
+    target = max(
+        (heads[(task, m)]["test"]["value"] for m in PROMPT_DESIGN if (task, m) in heads),
+        default=None,
+    )
+    if target is None:
+        return []
+    need = {}
+    for method in ("full-ft", "lora", "soft-prompt"):
+        curve = sorted(
+            (c for c in _done(cells) if (c["task"], c["method"]) == (task, method)),
+            key=_size_key,
         )
-        if target is None:
-            continue
-        need = {}
-        for method in ("full-ft", "lora", "soft-prompt"):
-            curve = sorted(
-                (c for c in _done(cells) if (c["task"], c["method"]) == (task, method)),
-                key=_size_key,
+        if curve:
+            need[method] = next(
+                (c["costs"]["labelled_train"] for c in curve if c["test"]["value"] > target),
+                None,
             )
-            if curve:
-                need[method] = next(
-                    (c["costs"]["labelled_train"] for c in curve if c["test"]["value"] > target),
-                    None,
-                )
-        if not need:
-            continue
-        shown = ", ".join(
-            f"{m} {'never (within the sizes run)' if n is None else f'{n} examples'}"
-            for m, n in need.items()
+    if not need:
+        return []
+    shown = ", ".join(
+        f"{m} {'never (within the sizes run)' if n is None else f'{n} examples'}"
+        for m, n in need.items()
+    )
+    ft_need, pt_need = need.get("full-ft"), need.get("soft-prompt")
+    if all(n is None for n in need.values()):
+        verdict = "cannot be checked (no trained method beat prompt design at the sizes run)"
+    elif "full-ft" in need and "soft-prompt" in need:
+        holds = (ft_need is None and pt_need is not None) or (
+            ft_need is not None and pt_need is not None and ft_need > pt_need
         )
-        ft_need, pt_need = need.get("full-ft"), need.get("soft-prompt")
-        if all(n is None for n in need.values()):
-            verdict = "cannot be checked (no trained method beat prompt design at the sizes run)"
-        elif "full-ft" in need and "soft-prompt" in need:
-            holds = (ft_need is None and pt_need is not None) or (
-                ft_need is not None and pt_need is not None and ft_need > pt_need
-            )
-            verdict = "holds" if holds else "does not hold"
-        else:
-            verdict = "not checked (full-ft or soft-prompt missing)"
-        lines.append(
-            f"- Data needed on {task} to beat the best prompt design ({target:.3f}), "
-            f"fine-tuning needs more labelled data than prompt tuning: {verdict} — {shown}."
-        )
+        verdict = "holds" if holds else "does not hold"
+    else:
+        verdict = "not checked (full-ft or soft-prompt missing)"
+    return [
+        f"- Data needed on {task} to beat the best prompt design ({target:.3f}), "
+        f"fine-tuning needs more labelled data than prompt tuning: {verdict} — {shown}."
+    ]
 
-    # SuperICL (Xu et al. 2023): better than both the plug-in alone and in-context learning.
-    for task in tasks:
-        sic, alone = heads.get((task, "supericl")), heads.get((task, "plugin"))
-        icl = heads.get((task, "few-shot"))
-        if sic is None or alone is None or icl is None:
-            continue
-        first, second = _compare(sic, alone), _compare(sic, icl)
-        verdict = (
-            "holds"
-            if (first, second) == ("higher", "higher")
-            else "not distinguishable from a baseline at this test size"
-            if "tied" in (first, second) and "lower" not in (first, second)
-            else "does not hold"
-        )
-        lines.append(
-            f"- SuperICL on {task} beats both the plug-in alone and few-shot prompting: {verdict} "
-            f"— supericl {sic['test']['value']:.3f}, plugin {alone['test']['value']:.3f}, "
-            f"few-shot {icl['test']['value']:.3f}."
-        )
 
-    # Levine et al. 2022: a prompt written for each input beats one prompt for the task.
-    for task in tasks:
-        idpt, pt = heads.get((task, "id-pt")), heads.get((task, "soft-prompt"))
-        if idpt is None or pt is None:
-            continue
-        verdict = {
-            "higher": "holds",
-            "tied": "not distinguishable at this test size",
-            "lower": "does not hold",
-        }[_compare(idpt, pt)]
-        lines.append(
-            f"- Input-dependent prompts on {task} beat the task's soft prompt: {verdict} — "
-            f"id-pt {idpt['test']['value']:.3f}, soft-prompt {pt['test']['value']:.3f}."
-        )
+def _supericl_beats_both(heads: Heads, task: str) -> list[str]:
+    """SuperICL (Xu et al. 2023): better than both the plug-in alone and in-context learning."""
+    sic, alone = heads.get((task, "supericl")), heads.get((task, "plugin"))
+    icl = heads.get((task, "few-shot"))
+    if sic is None or alone is None or icl is None:
+        return []
+    first, second = _compare(sic, alone), _compare(sic, icl)
+    verdict = (
+        "holds"
+        if (first, second) == ("higher", "higher")
+        else "not distinguishable from a baseline at this test size"
+        if "tied" in (first, second) and "lower" not in (first, second)
+        else "does not hold"
+    )
+    return [
+        f"- SuperICL on {task} beats both the plug-in alone and few-shot prompting: {verdict} "
+        f"— supericl {sic['test']['value']:.3f}, plugin {alone['test']['value']:.3f}, "
+        f"few-shot {icl['test']['value']:.3f}."
+    ]
 
-    # 3. Training cost: the same order of magnitude.
+
+def _input_dependent_prompts(heads: Heads, task: str) -> list[str]:
+    """Levine et al. 2022: a prompt written for each input beats one prompt for the task."""
+    idpt, pt = heads.get((task, "id-pt")), heads.get((task, "soft-prompt"))
+    if idpt is None or pt is None:
+        return []
+    verdict = {
+        "higher": "holds",
+        "tied": "not distinguishable at this test size",
+        "lower": "does not hold",
+    }[_compare(idpt, pt)]
+    return [
+        f"- Input-dependent prompts on {task} beat the task's soft prompt: {verdict} — "
+        f"id-pt {idpt['test']['value']:.3f}, soft-prompt {pt['test']['value']:.3f}."
+    ]
+
+
+def _training_cost(heads: Heads) -> list[str]:
+    """Training cost of the trained methods: the same order of magnitude."""
     times = {
         m: heads[(t, m)]["costs"]["train_seconds"]
         for (t, m) in heads
         if m in ("full-ft", "lora", "soft-prompt", "peft-prompt", "id-pt")
     }
-    if len(times) >= 2 and min(times.values()) > 0:
-        ratio = max(times.values()) / min(times.values())
-        verdict = "holds" if ratio <= 10 else "does not hold"
-        shown = ", ".join(f"{m} {s:.0f} s" for m, s in times.items())
-        lines.append(
-            f"- Training cost of the trained methods is of the same order: {verdict} "
-            f"(max/min {ratio:.1f}x; {shown})."
-        )
-    return lines
+    if len(times) < 2 or min(times.values()) <= 0:
+        return []
+    ratio = max(times.values()) / min(times.values())
+    verdict = "holds" if ratio <= 10 else "does not hold"
+    shown = ", ".join(f"{m} {s:.0f} s" for m, s in times.items())
+    return [
+        f"- Training cost of the trained methods is of the same order: {verdict} "
+        f"(max/min {ratio:.1f}x; {shown})."
+    ]
+
+
+def ranking_check(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[str]:
+    """The usual qualitative ranking, line by line against the measured cells: each check on
+    every task in turn, then the training cost across tasks."""
+    heads = headline_cells(cells)
+    lines: list[str] = []
+    for task in tasks:
+        lines += _quality_order(heads, task)
+    for task in tasks:
+        lines += _data_needed(cells, heads, task)
+    for task in tasks:
+        lines += _supericl_beats_both(heads, task)
+    for task in tasks:
+        lines += _input_dependent_prompts(heads, task)
+    return lines + _training_cost(heads)
 
 
 def _plot_quality_vs(
     cells: Sequence[dict[str, Any]], tasks: Sequence[str], key: str, xlabel: str, path: Path
 ) -> None:
     heads = headline_cells(cells)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
+    fig = Figure(figsize=(5.2 * len(tasks), 4.2))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         placed: dict[tuple[float, float], int] = {}  # points already labelled at a position
         for (t, method), cell in heads.items():
@@ -341,13 +369,13 @@ def _plot_quality_vs(
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _plot_learning_curves(
     cells: Sequence[dict[str, Any]], tasks: Sequence[str], path: Path
 ) -> None:
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
+    fig = Figure(figsize=(5.2 * len(tasks), 4.2))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         done = [c for c in _done(cells) if c["task"] == task]
         for method in dict.fromkeys(c["method"] for c in done):
@@ -376,11 +404,11 @@ def _plot_learning_curves(
     fig.suptitle("Learning curves: quality vs labelled data")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _plot_serving(cells: Sequence[dict[str, Any]], backbone_bytes: int, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     seen: set[str] = set()
     for (_task, method), cell in headline_cells(cells).items():
         if method in seen:
@@ -397,7 +425,41 @@ def _plot_serving(cells: Sequence[dict[str, Any]], backbone_bytes: int, path: Pa
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def _main_tasks(cells: Sequence[dict[str, Any]], config: dict[str, Any]) -> list[str]:
+    """The tasks asked for, in order (not the domain-shift partners run only for the shift)."""
+    tasks = list(dict.fromkeys([*config["tasks"], *(c["task"] for c in cells)]))
+    return [t for t in tasks if t in config["tasks"]]
+
+
+def _summary_lines(
+    cells: Sequence[dict[str, Any]], config: dict[str, Any], wall_seconds: float
+) -> list[str]:
+    main_tasks = _main_tasks(cells, config)
+    main_cells = [c for c in cells if c["task"] in main_tasks]
+    backbone = config["backbone"]
+    return [
+        "# frozenlm compare",
+        "",
+        f"Backbone **{backbone['name']}** ({backbone['parameters']:,} parameters, fingerprint "
+        f"`{backbone['fingerprint'][:12]}`), seed {config['seed']}.",
+        f"Budget {config['budget_detail']}.",
+        f"Wall time of this run: {wall_seconds / 60:.1f} min (cells reused from an earlier run "
+        "are not counted).",
+        "",
+        "## Quality (test metric with bootstrap 95% interval, most training data)",
+        "",
+        *quality_table(main_cells, main_tasks),
+    ]
+
+
+def report_summary(
+    cells: Sequence[dict[str, Any]], config: dict[str, Any], wall_seconds: float
+) -> str:
+    """The report's opening, up to the cost table: the backbone, seed, budget and wall time,
+    and the quality table (what `frozenlm compare` prints)."""
+    return "\n".join(_summary_lines(cells, config, wall_seconds))
 
 
 def write_report(
@@ -408,8 +470,7 @@ def write_report(
     wall_seconds: float,
 ) -> Path:
     """Write report.md, results.json and the plots into `out`; returns the report's path."""
-    tasks = list(dict.fromkeys([*config["tasks"], *(c["task"] for c in cells)]))
-    main_tasks = [t for t in tasks if t in config["tasks"]]
+    main_tasks = _main_tasks(cells, config)
     _plot_quality_vs(
         cells,
         main_tasks,
@@ -428,19 +489,8 @@ def write_report(
     _plot_serving(cells, backbone_bytes, out / PLOTS["serving_memory"])
 
     main_cells = [c for c in cells if c["task"] in main_tasks]
-    backbone = config["backbone"]
     md = [
-        "# frozenlm compare",
-        "",
-        f"Backbone **{backbone['name']}** ({backbone['parameters']:,} parameters, fingerprint "
-        f"`{backbone['fingerprint'][:12]}`), seed {config['seed']}.",
-        f"Budget {config['budget_detail']}.",
-        f"Wall time of this run: {wall_seconds / 60:.1f} min (cells reused from an earlier run "
-        "are not counted).",
-        "",
-        "## Quality (test metric with bootstrap 95% interval, most training data)",
-        "",
-        *quality_table(main_cells, main_tasks),
+        *_summary_lines(cells, config, wall_seconds),
         "",
         "## Costs",
         "",

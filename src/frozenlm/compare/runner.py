@@ -291,13 +291,30 @@ def _check_same_comparison(out: Path, identity: dict[str, Any]) -> None:
             )
 
 
-def compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> Path:
-    """Run (or continue) the comparison and write its report; returns report.md's path."""
-    from frozenlm.compare.report import write_report
+@dataclass(frozen=True)
+class CompareResult:
+    """A finished (or continued) comparison: where its report is, every cell, and the report's
+    summary (the run's header and the quality table) for printing."""
+
+    report: Path
+    """`report.md`; `results.json` and the plots are beside it."""
+    cells: list[dict[str, Any]]
+    """Every cell's JSON, as in `results.json`."""
+    summary: str
+    """The report's markdown up to the cost table."""
+    seconds: float
+    """Wall time of this run (cells reused from an earlier run are not counted)."""
+
+
+def compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> CompareResult:
+    """`frozenlm compare`: run (or continue) the comparison into `out` and write its report."""
+    from frozenlm.compare.report import report_summary, write_report
 
     out = Path(out)
     start = time.perf_counter()
     cells = run_compare(backbone, config, out)
     saved = json.loads((out / "config.json").read_text())
     backbone_bytes = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
-    return write_report(out, cells, saved, backbone_bytes, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    report = write_report(out, cells, saved, backbone_bytes, seconds)
+    return CompareResult(report, cells, report_summary(cells, saved, seconds), seconds)

@@ -2,9 +2,10 @@
 (command, config), on which backbone (name, fingerprint, size), on which data (split hashes),
 with which package versions, and what came out (metrics, costs, output paths).
 
-A record can be replayed on another backbone (`replay_argv`), and the records of one experiment
-on several backbones make a table and a plot of quality against model size (`scale.py`), so
-that "does not work" is recorded as "does not work yet at this size".
+A record can be replayed on another backbone (`frozenlm rerun`, which knows the CLI's options),
+and the records of one experiment on several backbones make a table and a plot of quality
+against model size (`scale.py`), so that "does not work" is recorded as "does not work yet at
+this size".
 
 Records live in `runs_dir()`: `$FROZENLM_RUNS`, default `./runs/records`, one `<id>.json` each.
 """
@@ -15,7 +16,6 @@ import json
 import logging
 import os
 import platform
-import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -37,7 +37,7 @@ RUNS_ENV = "FROZENLM_RUNS"
 KINDS = ("train", "eval", "compare")
 VERSIONED = ("frozenlm", "torch", "transformers", "peft")
 # Options that say where a run happens, not what it is: option -> number of values it takes.
-NOT_THE_EXPERIMENT = {"--backbone": 1, "--out": 1, "--resume": 0}
+NOT_THE_EXPERIMENT = {"--backbone": 1, "--out": 1, "--resume": 0, "--device": 1, "--dtype": 1}
 _INTERVAL_FIELDS = ("value", "low", "high", "baseline", "n")
 
 
@@ -59,7 +59,8 @@ class RunRecord:
     command: list[str]
     """The arguments after `frozenlm`, from the subcommand on (top-level options left out)."""
     experiment: str
-    """The command without `--backbone`, `--out` and `--resume`: equal across backbones."""
+    """The command without `--backbone`, `--out`, `--resume`, `--device` and `--dtype`: equal
+    across backbones."""
     config: dict[str, Any]
     """The run's options, defaults filled in."""
     backbone: dict[str, Any]
@@ -286,51 +287,3 @@ def experiment_records(refs: Sequence[str], runs: str | Path | None = None) -> l
     if len(records) == 1:
         records += [r for r in list_records(runs) if r.replay_of == records[0].id]
     return records
-
-
-# ------------------------------------------------------------------------------------- replay
-def backbone_slug(spec: str) -> str:
-    """A short file-name-safe name for `--backbone SPEC`: "tiny", "default" or a folder's name."""
-    name = Path(spec.rstrip("/\\")).name or spec
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-") or "backbone"
-
-
-def _with_suffix(path: str, suffix: str, *, is_file: bool) -> str:
-    """`x.json` -> `x.SUFFIX.json` (files); `runs/three` -> `runs/three.SUFFIX` (folders)."""
-    trimmed = path.rstrip("/\\")
-    p = Path(trimmed)
-    if is_file and p.suffix:
-        return str(p.with_name(f"{p.stem}.{suffix}{p.suffix}"))
-    return f"{trimmed}.{suffix}"
-
-
-def replay_argv(record: RunRecord, backbone: str, out_suffix: str | None = None) -> list[str]:
-    """The record's command on `backbone`: `--backbone` replaced, `--resume` dropped, and every
-    `--out` given `out_suffix` (default: `backbone_slug(backbone)`) so a replay never
-    overwrites the original's output. Each `--plugin` folder of `frozenlm eval` gets the same
-    suffix: it names the output of the train run's replay on that backbone, so replaying a
-    train record and then the evals that read its plug-in repeats the whole chain (SuperICL's
-    `--plugin` is a user's model folder and is kept). Top-level options (`--runs-dir`, ...) are
-    not included."""
-    suffix = out_suffix or backbone_slug(backbone)
-    is_file = record.kind == "eval"  # eval --out is a JSON file; train and compare write folders
-    argv: list[str] = []
-    tokens = iter(record.command)
-    for token in tokens:
-        option, eq, value = token.partition("=")
-        if option in ("--backbone", "--resume"):
-            if not eq and NOT_THE_EXPERIMENT[option]:
-                next(tokens, None)
-        elif option == "--out":
-            value = value if eq else next(tokens, "")
-            argv += ["--out", _with_suffix(value, suffix, is_file=is_file)]
-        elif option == "--plugin" and record.command[:1] == ["eval"]:
-            value = value if eq else next(tokens, "")
-            folders = [_with_suffix(v, suffix, is_file=False) for v in value.split(",")]
-            argv += ["--plugin", ",".join(folders)]
-        else:
-            argv.append(token)
-    return [*argv, "--backbone", backbone]
-
-
-# -------------------------------------------------------------------------------------- scale

@@ -113,13 +113,11 @@ def plot_scale(rows: Sequence[ScaleRow], path: str | Path, title: str = "") -> N
     """A PNG of each metric against backbone parameters (log scale): one line per metric with
     95% interval bars, the majority-class baseline dotted, and under each point's tick its size
     and backbone name(s)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig = Figure(figsize=(8, 5), dpi=120)  # no pyplot: no global backend or figure manager
+    ax = fig.subplots()
     handles: list[Any] = []
     values: list[float] = []
     for index, name in enumerate(_metric_names(rows)):
@@ -156,7 +154,6 @@ def plot_scale(rows: Sequence[ScaleRow], path: str | Path, title: str = "") -> N
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
-    plt.close(fig)
     atomic_write_bytes(path, png.getvalue())
 
 

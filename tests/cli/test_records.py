@@ -1,4 +1,5 @@
-"""Run records: written by eval and train, listed, replayed on another backbone, scaled."""
+"""`frozenlm runs`, `rerun` and `scale`: records written by eval and train, listed, replayed on
+another backbone, scaled."""
 
 import json
 import platform
@@ -11,17 +12,13 @@ import torch
 from conftest import write_toy_task
 from frozenlm.backbone import Backbone, TinyConfig, build_tiny_model, load_tokenizer
 from frozenlm.cli.main import main
-from frozenlm.errors import ConfigError
+from frozenlm.cli.records import replay_argv
 from frozenlm.runs.records import (
     RunRecord,
     experiment_key,
     list_records,
-    load_record,
-    replay_argv,
     runs_dir,
-    write_record,
 )
-from frozenlm.runs.scale import scale_table
 from frozenlm.tasks import load_task
 
 EVAL = ["eval", "--task", "trec", "--backbone", "tiny", "--limit", "8"]
@@ -150,19 +147,6 @@ def test_scale_of_one_record_includes_its_replays(
     assert "| wide-tiny |" in capsys.readouterr().out
 
 
-def test_scale_refuses_records_of_different_experiments(folder: Path, tiny: Backbone) -> None:
-    common = {"backbone": tiny, "tasks": {"trec": "x"}, "config": {}, "costs": {}, "outputs": []}
-    runs = folder / "other-runs"
-    paths = [
-        write_record("eval", [*EVAL, "--out", "a.json"], metrics={}, runs=runs, **common),
-        write_record(
-            "eval", ["eval", "--task", "trec", "--limit", "9"], metrics={}, runs=runs, **common
-        ),
-    ]
-    with pytest.raises(ConfigError, match="different experiments"):
-        scale_table([load_record(p) for p in paths])
-
-
 def test_replay_argv_moves_every_output_and_drops_resume() -> None:
     command = [
         "train",
@@ -190,6 +174,35 @@ def test_replay_argv_moves_every_output_and_drops_resume() -> None:
     plugged = RunRecord(**{**evaluation.to_json(), "command": ["eval", "--plugin", "runs/a/,b"]})
     replayed = ["eval", "--plugin", "runs/a.tiny,b.tiny", "--backbone", "tiny"]
     assert replay_argv(plugged, "tiny") == replayed
+
+
+def test_a_replay_keeps_the_recorded_device_and_dtype_unless_given() -> None:
+    command = ["eval", "--task", "trec", "--device", "cuda:1", "--dtype=bfloat16", "--limit", "4"]
+    record = RunRecord(
+        id="x", kind="eval", created="", command=command, experiment=experiment_key(command),
+        config={}, backbone={}, split_hash={}, versions={}, metrics={}, costs={}, outputs=[],
+    )  # fmt: skip
+    assert record.experiment == "eval --task trec --limit 4"
+    kept = ["eval", "--task", "trec", "--limit", "4", "--device", "cuda:1", "--dtype", "bfloat16"]
+    assert replay_argv(record, "tiny") == [*kept, "--backbone", "tiny"]
+    moved = replay_argv(record, "tiny", device="cpu")
+    assert moved[moved.index("--device") + 1] == "cpu" and moved.count("--device") == 1
+    plain = RunRecord(**{**record.to_json(), "command": ["eval", "--task", "trec"]})
+    given = replay_argv(plain, "tiny", dtype="float32")
+    assert given == ["eval", "--task", "trec", "--dtype", "float32", "--backbone", "tiny"]
+
+
+def test_rerun_passes_device_and_dtype_to_the_replay(
+    original: tuple[RunRecord, Path], folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record, _ = original
+    argv = ["--runs-dir", str(folder / "runs"), "--no-record", "rerun", record.id]
+    assert main([*argv, "--backbone", "tiny", "--device", "cpu", "--dtype", "float32"]) == 0
+    assert "--device cpu --dtype float32 --backbone tiny" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error
+        main([*argv, "--backbone", "tiny", "--device", "gpu"])
+    assert refused.value.code == 2
+    assert "expected auto, cpu, cuda, cuda:N or mps, got 'gpu'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
