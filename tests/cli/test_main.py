@@ -1,46 +1,23 @@
-import json
+"""The `frozenlm` command: its table of commands, defaults from the configs, errors as exit 2."""
+
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from frozenlm.cli.main import main
-
-
-def test_tasks_lists_built_ins_with_split_sizes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["tasks", "--json"]) == 0
-    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
-    assert set(rows) == {"sentiment", "topic", "trec", "tweets", "trivia"}
-    assert rows["trec"]["test"] == 1000 and rows["trivia"]["kind"] == "generation"
-
-
-def test_eval_writes_the_report_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "report.json"
-    code = main(
-        ["eval", "--task", "sentiment", "--backbone", "tiny", "--limit", "16", "--out", str(out)]
-    )
-    assert code == 0
-    data = json.loads(out.read_text())
-    assert data["n"] == 16 and 0 <= data["metrics"]["accuracy"]["value"] <= 1
-    assert "majority baseline" in capsys.readouterr().out
-
-
-def test_generation_eval_reports_exact_match_and_f1(tmp_path: Path) -> None:
-    out = tmp_path / "trivia.json"
-    argv = [
-        "eval",
-        "--task",
-        "trivia",
-        "--backbone",
-        "tiny",
-        "--limit",
-        "3",
-        "--max-new-tokens",
-        "4",
-    ]
-    assert main([*argv, "--out", str(out)]) == 0
-    assert set(json.loads(out.read_text())["metrics"]) == {"exact_match", "f1"}
+import frozenlm
+import frozenlm.backbone
+from frozenlm.cli.common import DTYPES
+from frozenlm.cli.main import COMMANDS, build_parser, main
+from frozenlm.compare.runner import CompareConfig
+from frozenlm.evaluation.evaluate import EvalConfig
+from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
+from frozenlm.plugins.soft_prompt import SoftPromptConfig
+from frozenlm.supericl.run import SuperICLConfig
+from frozenlm.supericl.small_classifier import ClassifierTrainConfig
+from frozenlm.training.loop import TrainConfig
 
 
 @pytest.mark.parametrize(
@@ -73,3 +50,63 @@ def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and str(task) in proc.stderr
+
+
+def _options(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {o for a in sub.choices[command]._actions for o in a.option_strings}
+
+
+def test_the_command_table_is_the_cli() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS)
+    loads_a_backbone = {"eval", "train", "compare", "supericl", "export-peft", "import-peft"}
+    for name in COMMANDS:
+        has = {"--backbone", "--device", "--dtype"} <= _options(parser, name)
+        assert has == (name in loads_a_backbone | {"rerun"}), name
+    # only the chosen command gets its options built
+    assert _options(build_parser("tasks"), "eval") == {"-h", "--help"}
+
+
+def test_cli_defaults_are_the_config_defaults() -> None:
+    train = build_parser("train").parse_args(["train", "--task", "t", "--out", "o"])
+    config, prompt = TrainConfig(), SoftPromptConfig()
+    for field in ("steps", "batch_size", "grad_accum", "optimizer", "lr", "weight_decay",
+                  "eval_every", "eval_limit", "patience", "seed", "task_cap"):  # fmt: skip
+        assert getattr(train, field) == getattr(config, field), field
+    assert (train.prompt_length, train.init) == (prompt.length, prompt.init.value)
+    generator = PromptGeneratorConfig()
+    assert (train.generator_width, train.generator_layers) == (generator.width, generator.layers)
+    assert train.encoder == generator.encoder.value
+    evaluation = build_parser("eval").parse_args(["eval"])
+    for field in ("method", "shots", "selection", "framing", "split", "limit", "max_new_tokens",
+                  "seed"):  # fmt: skip
+        assert getattr(evaluation, field) == getattr(EvalConfig(), field), field
+    supericl = build_parser("supericl").parse_args(["supericl", "--task", "t", "--out", "o.json"])
+    for field in ("shots", "selection", "plugin_name", "split", "limit", "max_prompt_tokens"):
+        assert getattr(supericl, field) == getattr(SuperICLConfig(), field), field
+    small = ClassifierTrainConfig()
+    assert (supericl.plugin_epochs, supericl.plugin_max_train) == (small.epochs, small.max_train)
+    compare = build_parser("compare").parse_args(["compare", "--out", "o"])
+    assert (compare.tasks, compare.budget) == (",".join(CompareConfig().tasks), "quick")
+    assert ("auto", *frozenlm.backbone.DTYPES) == DTYPES
+
+
+def test_help_does_not_load_torch() -> None:
+    code = (
+        "import contextlib, io, sys\n"
+        "from frozenlm.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_no_library_module_imports_the_cli() -> None:
+    package = Path(frozenlm.__file__).parent
+    library = [p for p in package.rglob("*.py") if "cli" not in p.relative_to(package).parts]
+    importers = [p for p in library if "frozenlm.cli" in p.read_text() and p.name != "__main__.py"]
+    assert importers == []

@@ -4,10 +4,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import write_toy_task
 from frozenlm.backbone import Backbone, TinyConfig
 from frozenlm.cli.main import main
+from frozenlm.evaluation.ensemble import combine
+from frozenlm.evaluation.evaluate import EvalConfig, evaluate
+from frozenlm.metrics import bootstrap
+from frozenlm.plugins.registry import load_plugin
+from frozenlm.tasks import load_task
 
 
 @pytest.fixture(scope="module")
@@ -67,32 +73,41 @@ def test_eval_plugin_writes_one_report_per_task(
     assert "accuracy" in reports[1]["metrics"]
 
 
-def test_ensemble_of_two_runs(
+def test_an_ensemble_combines_what_each_prompt_scores_alone(
+    trained: tuple[Path, Path], tiny: Backbone, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = trained
+    runs = [folder / "run0", folder / "run1"]
+    out = folder / "ensemble.json"
+    argv = ["eval", "--plugin", ",".join(map(str, runs)), "--task", "trec", "--backbone", "tiny"]
+    assert main([*argv, "--limit", "8", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["method"] == "soft-prompt-ensemble" and data["n"] == 8
+    assert data["names"] == [str(r) for r in runs]
+    # each prompt alone on the ensemble's examples (trec's seed-0 test split)
+    config, task = EvalConfig(limit=8), load_task("trec")
+    alone = [evaluate(tiny, task, config, plugin=load_plugin(r, tiny)[0]) for r in runs]
+    singles = [r.metrics["accuracy"].to_json() for r in alone]
+    assert data["metrics"]["single_accuracies"] == singles
+    scores = torch.tensor([[p["scores"] for p in r.predictions] for r in alone])  # [N, n, K]
+    labels = list(task.spec.labels)
+    gold = torch.tensor([labels.index(p["gold"]) for p in alone[0].predictions])
+    by_vote, by_mean = combine(scores)
+    for name, predicted in (("mean_logprob", by_mean), ("majority_vote", by_vote)):
+        expected = bootstrap((predicted == gold).float().tolist(), seed=0).to_json()
+        assert data["metrics"][f"{name}_accuracy"] == expected
+    assert data["metrics"]["accuracy"] == data["metrics"]["mean_logprob_accuracy"]
+    printed = capsys.readouterr().out
+    assert f"  {runs[0]}: " in printed and "majority vote: " in printed
+
+
+def test_an_ensemble_is_evaluated_on_one_task(
     trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, _ = trained
     runs = f"{folder / 'run0'},{folder / 'run1'}"
-    out = folder / "ensemble.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--plugin",
-                runs,
-                "--task",
-                "trec",
-                "--backbone",
-                "tiny",
-                "--limit",
-                "8",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    metrics = json.loads(out.read_text())["metrics"]
-    assert len(metrics["single_accuracies"]) == 2 and "majority_vote_accuracy" in metrics
+    assert main(["eval", "--plugin", runs, "--task", "trec,toy", "--backbone", "tiny"]) == 2
+    assert "is evaluated on one --task" in capsys.readouterr().err
 
 
 def test_peft_round_trip_scores_the_same(trained: tuple[Path, Path]) -> None:
