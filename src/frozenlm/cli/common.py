@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from frozenlm.backbone import Backbone
     from frozenlm.tasks import Task
-
-Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """`--dtype` choices: "auto" and `frozenlm.backbone.DTYPES` (not imported: it loads torch)."""
