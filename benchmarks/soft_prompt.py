@@ -33,7 +33,8 @@ from transformers import AutoModelForCausalLM
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, embedded_model_folder
-from frozenlm.engine.batching import token_budget_batches
+from frozenlm.engine.batching import Row, token_budget_batches
+from frozenlm.engine.loss import batch_loss
 from frozenlm.engine.prefix_cache import PrefixCache
 from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.engine.splice import IGNORE_INDEX
@@ -42,7 +43,7 @@ from frozenlm.measure import PeakMemory
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.prompts.render import PromptConfig, Prompter
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import TrainConfig, batch_loss, make_optimizer
+from frozenlm.training.loop import TrainConfig, make_optimizer
 
 P_TRAIN, P_CACHE, BATCH = 20, 100, 8
 
@@ -65,8 +66,8 @@ def frozenlm_step_fn(backbone: Backbone, prefixes, targets) -> Callable[[], floa
     optimizer = make_optimizer(list(plugin.parameters()), TrainConfig())
 
     def step() -> float:
-        soft = [plugin.prompt(spec.name)] * len(prefixes)
-        loss = batch_loss(backbone, soft, prefixes, targets)
+        prompt = plugin.prompt(spec.name)  # one object for every row: computed once
+        loss = batch_loss(backbone, [Row(p, prompt) for p in prefixes], targets)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -37,7 +37,7 @@ def test_missing_keys_take_their_defaults() -> None:
 
 
 def test_unknown_keys_are_refused_by_name() -> None:
-    with pytest.raises(ConfigError, match="unknown key.*'lenght'"):
+    with pytest.raises(ConfigError, match=r"unknown key.*'lenght'"):
         from_json(SoftPromptConfig, {"lenght": 3}, "soft prompt config")
 
 

@@ -11,10 +11,8 @@ from frozenlm.engine.batching import (
     token_budget_batches,
 )
 from frozenlm.engine.generation import GenerationConfig, generate
-from frozenlm.engine.loss import batch_loss
 from frozenlm.engine.prefix_cache import PrefixCache
 from frozenlm.engine.scoring import ScoreRequest, score_batch
-from frozenlm.engine.splice import splice
 
 SHARED_TEXT = "You are a careful classifier. Answer with yes or no.\n\n"
 INPUTS = ["Is the sky blue?", "Do fish fly over mountains at night?", "Two plus two?"]
@@ -122,25 +120,3 @@ def test_generation_in_batches_equals_each_row_alone(tiny: Backbone) -> None:
     batched = generate_rows(tiny, rows, config, BatchBudget(rows=2))
     alone = [generate(tiny, [[prompt, row.ids]], config)[0] for row in rows]
     assert batched == alone
-
-
-def test_the_loss_is_the_same_shared_packed_or_padded(tiny: Backbone) -> None:
-    prompt = torch.randn(4, tiny.hidden_size, generator=torch.Generator().manual_seed(4))
-    prompt.requires_grad_(True)
-    rows = _rows(tiny, prompt)
-    targets = [[11], [12, 13], [14]]
-    shared = batch_loss(tiny, rows, targets)  # prompt + shared text once, rows after it
-    copies = [Row(r.ids, prompt.clone()) for r in rows]  # distinct objects: packed
-    packed = batch_loss(tiny, copies, targets)
-    padded = splice(tiny, [[prompt, r.ids] for r in rows], targets)
-    hidden = tiny.forward(padded.embeds, padded.attention_mask, padded.position_ids)
-    assert padded.labels is not None
-    logits = tiny.lm_logits(hidden[:, :-1])
-    labels = padded.labels[:, 1:]
-    reference = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-    )
-    torch.testing.assert_close(shared, reference, atol=1e-5, rtol=0)
-    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=0)
-    (grad,) = torch.autograd.grad(shared, prompt)
-    assert grad.abs().sum() > 0  # the loss reaches the prompt through its shared keys and values

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from frozenlm.backbone import Backbone
+from frozenlm.engine.loss import target_loss
 from frozenlm.engine.splice import IGNORE_INDEX, pack, splice, splice_continuation
-from frozenlm.training.loop import target_loss
 
 
 def test_left_padding_masks_and_positions(tiny: Backbone) -> None:

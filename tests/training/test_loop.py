@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import write_toy_task
 from frozenlm.backbone import Backbone, TinyConfig
 from frozenlm.codec import to_json
-from frozenlm.engine.splice import pack, splice
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.checkpoint import load_checkpoint
@@ -26,41 +24,10 @@ from frozenlm.tasks import load_task
 from frozenlm.training.loop import (
     DataOrder,
     TrainConfig,
-    batch_loss,
-    target_loss,
     train,
     train_plugin,
     training_rows,
 )
-
-
-def test_target_loss_equals_full_logits_cross_entropy(tiny: Backbone) -> None:
-    batch = splice(tiny, [[[5, 6, 7]], [[8, 9]]], targets=[[10, 11], [12]])
-    hidden = tiny.forward(batch.embeds, batch.attention_mask, batch.position_ids)
-    ours = target_loss(tiny, hidden, batch.labels)  # type: ignore[arg-type]
-    logits = tiny.lm_logits(hidden)  # full logits, reference only
-    reference = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1)
-    )  # type: ignore[index]
-    torch.testing.assert_close(ours, reference)
-
-
-def test_a_shared_prompt_and_text_run_once_with_the_same_loss_and_gradients(tiny: Backbone) -> None:
-    torch.manual_seed(0)
-    prompt = torch.randn(4, tiny.hidden_size, requires_grad=True)
-    prefixes = [[5, 6, 7, 8, 9], [5, 6, 7, 10], [5, 6, 7, 11, 12, 13]]  # share 5, 6, 7
-    targets = [[20], [21, 22], [23]]
-    shared = batch_loss(tiny, [prompt] * 3, prefixes, targets)
-    (grad_shared,) = torch.autograd.grad(shared, prompt)
-
-    rows = [[prompt, p] for p in prefixes]
-    packed = pack(tiny, rows, targets)
-    hidden = tiny.forward(packed.embeds, None, packed.position_ids)
-    plain = target_loss(tiny, hidden, packed.labels)
-    (grad_plain,) = torch.autograd.grad(plain, prompt)
-    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(grad_shared, grad_plain, atol=1e-5, rtol=1e-4)
-    assert grad_plain.abs().sum() > 0
 
 
 def test_data_order_is_a_seeded_permutation_per_epoch() -> None:

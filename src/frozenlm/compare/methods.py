@@ -21,7 +21,7 @@ from frozenlm.evaluation.evaluate import EvalConfig, Report
 from frozenlm.plugins.checkpoint import load_checkpoint, save_checkpoint
 from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
 from frozenlm.plugins.protocol import Plugin
-from frozenlm.plugins.registry import load_plugin, plugin_meta, plugin_method
+from frozenlm.plugins.registry import load_plugin, new_plugin, plugin_meta
 from frozenlm.plugins.soft_prompt import SoftPromptConfig
 from frozenlm.supericl.backends import LocalBackend
 from frozenlm.supericl.run import (
@@ -167,7 +167,7 @@ def _train_config(budget: Budget, seed: int) -> TrainConfig:
 
 
 class TrainedPlugin:
-    """A plug-in kind of the registry trained on the task with the one loop and the published
+    """A plug-in method of the registry trained on the task with the one loop and the published
     soft-prompt recipe (Adafactor 0.3; an ID-PT generator's network at 1/300 of it)."""
 
     trains = True
@@ -179,8 +179,7 @@ class TrainedPlugin:
         return None
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        kind = plugin_method(self.name)
-        plugin = kind.build(self.config, backbone, [task.spec], seed)
+        plugin = new_plugin(self.name, self.config, backbone, [task.spec], seed)
         meta = plugin_meta(self.name, self.config, backbone, [task], [task.name])
         result = train(backbone, plugin, [task], _train_config(budget, seed), work, meta=meta)
         best, _ = load_plugin(work, backbone)
@@ -250,7 +249,7 @@ class _FineTuning:
         return Fitted(
             tuned,
             EvalConfig(seed=seed),
-            plugin=weights,
+            # the copy's own weights carry the task: it is evaluated as prompt design is
             trainable_parameters=weights.num_trainable(),
             labelled_train=len(task.train),
             labelled_dev=min(budget.dev_limit, len(task.dev)),

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from frozenlm.backbone import Backbone
+from frozenlm.backbone import Backbone, seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.protocol import count_trainable
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, initial_prompt
@@ -208,8 +208,7 @@ class PromptGenerator(nn.Module):
     ) -> PromptGenerator:
         """A new generator that writes, for every input, the shared soft prompt of `specs`
         (Lester's class-label init over all their labels) until training teaches it more."""
-        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched
-            torch.manual_seed(seed)
+        with seeded_rng(seed):  # seeded weights (built on the CPU); the caller's RNG untouched
             generator = cls(config, make_encoder(config, backbone), backbone.hidden_size)
         shared = SoftPromptConfig(length=config.length, shared=True)
         with torch.no_grad():

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.optimization import Adafactor
 
 from frozenlm.backbone import Backbone, seeded_rng
-from frozenlm.engine.prefix_cache import PrefixCache, common_prefix_length
-from frozenlm.engine.splice import IGNORE_INDEX, pack, splice
+from frozenlm.engine.batching import Row
+from frozenlm.engine.loss import batch_loss
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.checkpoint import (
@@ -105,7 +104,7 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class Row:
+class TrainRow:
     """One training row: its task, the prompt ids and the target ids after them."""
 
     task: TaskSpec
@@ -114,11 +113,11 @@ class Row:
     target: list[int]
 
 
-def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> list[Row]:
+def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> list[TrainRow]:
     """Every train example of every task as (prompt ids, target ids): zero-shot prompts whose
     targets are the label verbalizer (classification) or the reference answer (generation).
     With `config.task_cap`, a task with more train examples contributes a seeded sample of them."""
-    rows: list[Row] = []
+    rows: list[TrainRow] = []
     for task in tasks:
         examples = list(task.train)
         if config.task_cap is not None and len(examples) > config.task_cap:
@@ -132,7 +131,7 @@ def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig
         )
         for ex in examples:
             target = prompter.continuation_ids(prompter.demo_answer(ex))
-            rows.append(Row(task.spec, ex, prompter.render(ex).ids, target))
+            rows.append(TrainRow(task.spec, ex, prompter.render(ex).ids, target))
     if not rows:
         raise ConfigError("the tasks have no training examples")
     return rows
@@ -152,47 +151,6 @@ class DataOrder:
             random.Random(self.seed * 100_003 + epoch).shuffle(order)
             self._epochs = {epoch: order}
         return self._epochs[epoch][offset]
-
-
-def target_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over target tokens; the lm head runs on those positions only.
-
-    hidden [B, T, D] and labels [B, T] (target token at t, IGNORE_INDEX elsewhere): position t-1
-    predicts the token at t.
-    """
-    targets = labels[:, 1:]  # [B, T-1]
-    where = targets != IGNORE_INDEX
-    logits = backbone.lm_logits(hidden[:, :-1][where])  # [N, V], N = target tokens
-    return F.cross_entropy(logits, targets[where])
-
-
-def batch_loss(
-    backbone: Backbone,
-    soft: Sequence[torch.Tensor],
-    prefixes: Sequence[Sequence[int]],
-    targets: Sequence[Sequence[int]],
-) -> torch.Tensor:
-    """Mean target-token loss of rows `soft[b] + prefixes[b] + targets[b]`, computed cheaply.
-
-    When every row starts with the same soft tokens (one task's input-independent prompt, or
-    none), that prompt and the text all rows share (chat template, instruction) are run once and
-    their keys and values reused by every row, with gradients flowing back through them; only
-    each row's own tokens are computed per row. Otherwise the rows are packed without padding.
-    Either way the loss equals that of the plain padded batch.
-    """
-    common = common_prefix_length(prefixes)
-    same = len(soft) > 1 and all(s is soft[0] for s in soft)
-    if same and int(soft[0].shape[0]) + common > 0:
-        shared = PrefixCache.compute(backbone, [soft[0], list(prefixes[0][:common])], grad=True)
-        rows = splice(backbone, [[list(p[common:])] for p in prefixes], targets)
-        rows = shared.after(rows)
-        cache = shared.expand(backbone, len(prefixes))
-        hidden = backbone.forward(rows.embeds, rows.attention_mask, rows.position_ids, cache)
-        assert rows.labels is not None
-        return target_loss(backbone, hidden, rows.labels)
-    packed = pack(backbone, [[s, p] for s, p in zip(soft, prefixes, strict=True)], targets)
-    hidden = backbone.forward(packed.embeds, None, packed.position_ids)
-    return target_loss(backbone, hidden, packed.labels)
 
 
 def make_optimizer(
@@ -264,7 +222,7 @@ class Run:
     meta: dict[str, Any]
     """Written into every checkpoint (with the training config and metrics)."""
     optimizer: torch.optim.Optimizer
-    rows: list[Row]
+    rows: list[TrainRow]
     order: DataOrder
 
 
@@ -322,7 +280,7 @@ def resume_state(run: Run) -> TrainState | None:
     return TrainState(**saved_meta["loop"], history=saved_meta["history"])
 
 
-def micro_batch(run: Run, step: int, micro: int) -> list[Row]:
+def micro_batch(run: Run, step: int, micro: int) -> list[TrainRow]:
     """The rows of micro-batch `micro` of optimizer step `step`: a pure function of both."""
     size = run.config.batch_size
     first = (step * run.config.grad_accum + micro) * size
@@ -335,8 +293,9 @@ def optimizer_step(run: Run, step: int) -> float:
     for micro in range(run.config.grad_accum):
         batch = micro_batch(run, step, micro)
         soft = soft_tokens_by_row([(run.plugin, r.task, r.example) for r in batch])
-        prefixes, targets = [r.prefix for r in batch], [r.target for r in batch]
-        loss = batch_loss(run.backbone, soft, prefixes, targets) / run.config.grad_accum
+        rows = [Row(r.prefix, s) for r, s in zip(batch, soft, strict=True)]
+        targets = [r.target for r in batch]
+        loss = batch_loss(run.backbone, rows, targets) / run.config.grad_accum
         loss.backward()
         total += float(loss.detach())
     run.optimizer.step()
@@ -434,7 +393,7 @@ def train(
 ) -> TrainResult:
     """Train `plugin` on `tasks`: `setup`, then `train_steps`.
 
-    `meta` (plug-in kind and config, task specs, backbone identity) goes into every checkpoint
+    `meta` (plug-in method and config, task specs, backbone identity) goes into every checkpoint
     with the training config and metrics. The torch RNG is seeded with `config.seed` inside and
     the caller's RNG state is left as it was (`seeded_rng`).
     """
@@ -462,13 +421,13 @@ def train_plugin(
     *,
     resume: bool = False,
 ) -> TrainResult:
-    """`frozenlm train`: a new plug-in of kind `method` for the tasks named (built-in names or
+    """`frozenlm train`: a new plug-in of `method` for the tasks named (built-in names or
     task files), trained in one loop over mixed-task batches, saved under `out`."""
-    from frozenlm.plugins.registry import plugin_meta, plugin_method
+    from frozenlm.plugins.registry import new_plugin, plugin_meta, plugin_method
     from frozenlm.tasks import load_task
 
     out = Path(out)
-    kind = plugin_method(method)
+    plugin_method(method)  # an unknown method is refused before any work
     if not resume and (out / "best").exists():
         raise ConfigError(
             f"'{out}' already holds a training run; pass --resume to continue it or choose "
@@ -482,7 +441,7 @@ def train_plugin(
         saved = load_training_state(out / "last")
         if saved is not None:
             _check_same_run(out, saved[1].get("run", {}), meta, config)
-    plugin = kind.build(plugin_config, backbone, [t.spec for t in tasks], config.seed)
+    plugin = new_plugin(method, plugin_config, backbone, [t.spec for t in tasks], config.seed)
     plugin.train()
     return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
 

@@ -19,7 +19,7 @@ from frozenlm.backbone import Backbone, seeded_rng
 from frozenlm.engine.splice import IGNORE_INDEX
 from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import Task
-from frozenlm.training.loop import DataOrder, Row, TrainConfig, training_rows
+from frozenlm.training.loop import DataOrder, TrainConfig, TrainRow, training_rows
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class PeftPromptResult:
 
 
 def _batch_tensors(
-    rows: Sequence[Row], device: torch.device
+    rows: Sequence[TrainRow], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids, mask and labels (-100 except the target tokens), as PEFT's examples,
     on `device`."""
@@ -77,7 +77,7 @@ def _train(
     backbone: Backbone,
     task: Task,
     config: PeftPromptConfig,
-    rows: Sequence[Row],
+    rows: Sequence[TrainRow],
     order: DataOrder,
 ) -> PeftPromptResult:
     peft_config = PromptTuningConfig(

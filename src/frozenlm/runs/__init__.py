@@ -1,0 +1,1 @@
+"""Run records (what every command did, replayable on another backbone) and scale curves."""

@@ -1,0 +1,67 @@
+import torch
+import torch.nn.functional as F
+
+from frozenlm.backbone import Backbone
+from frozenlm.engine.batching import Row
+from frozenlm.engine.loss import batch_loss, target_loss
+from frozenlm.engine.splice import pack, splice
+
+SHARED_TEXT = "You are a careful classifier. Answer with yes or no.\n\n"
+INPUTS = ["Is the sky blue?", "Do fish fly over mountains at night?", "Two plus two?"]
+
+
+def _rows(backbone: Backbone, soft: torch.Tensor) -> list[Row]:
+    tokenizer = backbone.tokenizer
+    texts = [SHARED_TEXT + q + "\nAnswer:" for q in INPUTS]
+    return [Row(list(tokenizer(t, add_special_tokens=False)["input_ids"]), soft) for t in texts]
+
+
+def test_target_loss_equals_full_logits_cross_entropy(tiny: Backbone) -> None:
+    batch = splice(tiny, [[[5, 6, 7]], [[8, 9]]], targets=[[10, 11], [12]])
+    hidden = tiny.forward(batch.embeds, batch.attention_mask, batch.position_ids)
+    ours = target_loss(tiny, hidden, batch.labels)  # type: ignore[arg-type]
+    logits = tiny.lm_logits(hidden)  # full logits, reference only
+    reference = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1)
+    )  # type: ignore[index]
+    torch.testing.assert_close(ours, reference)
+
+
+def test_a_shared_prompt_and_text_run_once_with_the_same_loss_and_gradients(tiny: Backbone) -> None:
+    torch.manual_seed(0)
+    prompt = torch.randn(4, tiny.hidden_size, requires_grad=True)
+    prefixes = [[5, 6, 7, 8, 9], [5, 6, 7, 10], [5, 6, 7, 11, 12, 13]]  # share 5, 6, 7
+    targets = [[20], [21, 22], [23]]
+    shared = batch_loss(tiny, [Row(p, prompt) for p in prefixes], targets)
+    (grad_shared,) = torch.autograd.grad(shared, prompt)
+
+    rows = [[prompt, p] for p in prefixes]
+    packed = pack(tiny, rows, targets)
+    hidden = tiny.forward(packed.embeds, None, packed.position_ids)
+    plain = target_loss(tiny, hidden, packed.labels)
+    (grad_plain,) = torch.autograd.grad(plain, prompt)
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_shared, grad_plain, atol=1e-5, rtol=1e-4)
+    assert grad_plain.abs().sum() > 0
+
+
+def test_the_loss_is_the_same_shared_packed_or_padded(tiny: Backbone) -> None:
+    prompt = torch.randn(4, tiny.hidden_size, generator=torch.Generator().manual_seed(4))
+    prompt.requires_grad_(True)
+    rows = _rows(tiny, prompt)
+    targets = [[11], [12, 13], [14]]
+    shared = batch_loss(tiny, rows, targets)  # prompt + shared text once, rows after it
+    copies = [Row(r.ids, prompt.clone()) for r in rows]  # distinct objects: packed
+    packed = batch_loss(tiny, copies, targets)
+    padded = splice(tiny, [[prompt, r.ids] for r in rows], targets)
+    hidden = tiny.forward(padded.embeds, padded.attention_mask, padded.position_ids)
+    assert padded.labels is not None
+    logits = tiny.lm_logits(hidden[:, :-1])
+    labels = padded.labels[:, 1:]
+    reference = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
+    torch.testing.assert_close(shared, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=0)
+    (grad,) = torch.autograd.grad(shared, prompt)
+    assert grad.abs().sum() > 0  # the loss reaches the prompt through its shared keys and values
