@@ -8,10 +8,11 @@ positive/negative).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from frozenlm.errors import ConfigError
-from frozenlm.tasks import Task, load_task
+from frozenlm.tasks import Example, Task, load_task
 
 BINARY_TWEETS = "tweets-binary"
 SHIFTS = {"sentiment": BINARY_TWEETS, BINARY_TWEETS: "sentiment"}
@@ -28,7 +29,7 @@ def binary_tweets(seed: int = 0) -> Task:
         labels={k: v for k, v in tweets.spec.labels.items() if k in keep},
     )
 
-    def only(split: tuple) -> tuple:  # type: ignore[type-arg]
+    def only(split: Sequence[Example]) -> tuple[Example, ...]:
         return tuple(ex for ex in split if ex.label in keep)
 
     return Task(spec, only(tweets.train), only(tweets.dev), only(tweets.test))

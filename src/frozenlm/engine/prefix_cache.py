@@ -81,18 +81,17 @@ class PrefixCache:
             own = p.real_mask(device)  # [1, P_b]
             masks.append(torch.cat([own.new_zeros(1, longest - p.length), own], dim=1))
 
-        def padded(layer: int, which: str) -> torch.Tensor:
+        def padded(per_row: Sequence[torch.Tensor]) -> torch.Tensor:
             parts = []
-            for p in prefixes:
-                t = getattr(p, which)[layer]  # [1, H, P_b, d]
-                pad = t.new_zeros(1, t.shape[1], longest - p.length, t.shape[3])
+            for t in per_row:  # [1, H, P_b, d]
+                pad = t.new_zeros(1, t.shape[1], longest - t.shape[2], t.shape[3])
                 parts.append(torch.cat([pad, t], dim=2))
             return torch.cat(parts)  # [B, H, P, d]
 
         layers = range(len(prefixes[0].keys))
         return cls(
-            tuple(padded(i, "keys") for i in layers),
-            tuple(padded(i, "values") for i in layers),
+            tuple(padded([p.keys[i] for p in prefixes]) for i in layers),
+            tuple(padded([p.values[i] for p in prefixes]) for i in layers),
             longest,
             torch.cat(masks),  # [B, P]
         )

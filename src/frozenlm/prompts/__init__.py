@@ -1,0 +1,1 @@
+"""Prompt design: rendering examples within the context budget, choosing demonstrations."""

@@ -1,0 +1,1 @@
+"""Training: the one loop for every plug-in, the fine-tuning baselines and the PEFT reference."""
