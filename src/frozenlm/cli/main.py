@@ -131,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Off a terminal, progress bars become log lines (frozenlm.progress): show them.
+    logging.getLogger("frozenlm.progress").setLevel(logging.INFO)
     try:
         code = args.func(args)
     except FrozenLMError as err:

@@ -20,8 +20,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone
 from frozenlm.compare.domain import SHIFTS, load_compare_task, shifted
@@ -29,6 +27,7 @@ from frozenlm.compare.methods import BUDGETS, METHODS, Budget, Fitted, Method, f
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, Report, evaluate
 from frozenlm.measure import PeakMemory
+from frozenlm.progress import progress
 from frozenlm.tasks import Task
 from frozenlm.tasks.splits import balanced_sample
 
@@ -247,7 +246,7 @@ def run_compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> l
         },
     )
     results: list[dict[str, Any]] = []
-    bar = tqdm(cells, desc="compare", unit="cell", disable=None)
+    bar = progress(cells, desc="compare", unit="cell")
     for task_name, method_name, size, shift in bar:
         path = _cell_path(out, task_name, method_name, size_label(size))
         if path.exists():

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from frozenlm.backbone import Backbone
 from frozenlm.engine.generation import GenerationConfig, generate
 from frozenlm.engine.prefix_cache import PrefixCache, common_prefix_length
 from frozenlm.engine.scoring import CandidateScores, ScoreRequest, score_batch
 from frozenlm.engine.splice import Piece
+from frozenlm.progress import progress
 
 MIN_SHARED_TOKENS = 8
 """A common text prefix shorter than this is not worth a separate forward (evaluation)."""
@@ -167,7 +167,7 @@ def score_rows(
     ]
     out: list[CandidateScores | None] = [None] * len(rows)
     batches = token_budget_batches(lengths, budget.tokens, budget.rows)
-    with tqdm(total=len(rows), desc=desc, unit="ex", disable=None, leave=False) as bar:
+    with progress(total=len(rows), desc=desc, unit="ex", leave=False) as bar:
         for batch in batches:
             requests = [ScoreRequest(layout.pieces[i], candidates[i]) for i in batch]
             scores = score_batch(backbone, requests, layout.prefix_for(batch))
@@ -191,7 +191,7 @@ def generate_rows(
     lengths = [n + config.max_new_tokens for n in layout.lengths()]
     out = [""] * len(rows)
     batches = token_budget_batches(lengths, budget.tokens, budget.rows)
-    with tqdm(total=len(rows), desc=desc, unit="ex", disable=None, leave=False) as bar:
+    with progress(total=len(rows), desc=desc, unit="ex", leave=False) as bar:
         for batch in batches:
             prefixes = [layout.pieces[i] for i in batch]
             texts = generate(backbone, prefixes, config, layout.prefix_for(batch))

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from tqdm.auto import tqdm
-
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, cache_dir
 from frozenlm.engine.generation import GenerationConfig, generate
 from frozenlm.errors import ConfigError, FrozenLMError
 from frozenlm.evaluation.evaluate import EvalConfig, label_candidates, prompt_rows, score_prompts
+from frozenlm.progress import progress
 from frozenlm.prompts.render import Prompter, RenderedPrompt
 from frozenlm.tasks.spec import Task
 
@@ -99,7 +98,7 @@ class LocalBackend:
         config = GenerationConfig(max_new_tokens=EXPLAIN_TOKENS, stop=())
         return [
             first_paragraph(generate(self.backbone, [row], config)[0])
-            for row in tqdm(rows, desc="explanations", disable=None, leave=False)
+            for row in progress(rows, desc="explanations", leave=False)
         ]
 
 
@@ -148,7 +147,7 @@ class OpenAIBackend:
     ) -> list[Choice]:
         verbalizers = dict(task.spec.labels)
         out = []
-        for prompt in tqdm(prompts, desc=f"{task.name} {self.name}", disable=None, leave=False):
+        for prompt in progress(prompts, desc=f"{task.name} {self.name}", leave=False):
             text, top = self._complete(prompt.text, self.config.answer_tokens, stop=["\n"])
             out.append(_match_label(text, top, verbalizers))
         return out

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -30,6 +29,7 @@ from transformers import (
 from frozenlm.atomic import build_folder
 from frozenlm.backbone import quiet_loading, seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError, DataError
+from frozenlm.progress import progress
 from frozenlm.prompts.demos import default_encoder_path
 from frozenlm.tasks.spec import Example, Task, TaskSpec
 from frozenlm.tasks.splits import balanced_sample
@@ -225,7 +225,7 @@ class SmallClassifier:
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         start = time.perf_counter()
         history = []
-        with tqdm(total=total, desc=f"{self.spec.name} plug-in", unit="step", disable=None) as bar:
+        with progress(total=total, desc=f"{self.spec.name} plug-in", unit="step") as bar:
             for epoch in range(1, config.epochs + 1):
                 self.model.train()
                 order = list(train)

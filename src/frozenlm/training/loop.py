@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers.optimization import Adafactor
 
 from frozenlm.backbone import Backbone, seeded_rng
@@ -39,6 +38,7 @@ from frozenlm.plugins.checkpoint import (
     save_checkpoint,
 )
 from frozenlm.plugins.protocol import Plugin, soft_tokens_by_row
+from frozenlm.progress import progress
 from frozenlm.prompts.render import PromptConfig, Prompter
 from frozenlm.tasks import Example, Task, TaskSpec
 
@@ -358,7 +358,7 @@ def train_steps(run: Run, state: TrainState) -> bool:
     stopped early."""
     config = run.config
     stopped = False
-    bar = tqdm(total=config.steps, initial=state.step, desc="train", unit="step", disable=None)
+    bar = progress(total=config.steps, initial=state.step, desc="train", unit="step")
     while state.step < config.steps and not stopped:
         loss = optimizer_step(run, state.step)
         state.step += 1

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
-from tqdm.auto import tqdm
 
 from frozenlm.backbone import Backbone, seeded_rng
 from frozenlm.engine.splice import IGNORE_INDEX
 from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, SoftPromptSet
+from frozenlm.progress import progress
 from frozenlm.tasks import Task
 from frozenlm.training.loop import DataOrder, TrainConfig, TrainRow, training_rows
 
@@ -92,7 +92,7 @@ def _train(
         optimizer = torch.optim.AdamW(params, lr=config.lr)
         losses = []
         start = time.perf_counter()
-        for step in tqdm(range(config.steps), desc=f"peft {task.name}", disable=None):
+        for step in progress(range(config.steps), desc=f"peft {task.name}"):
             first = step * config.batch_size
             batch = [rows[order[p]] for p in range(first, first + config.batch_size)]
             ids, mask, labels = _batch_tensors(batch, backbone.device)
