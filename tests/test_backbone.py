@@ -166,6 +166,50 @@ def test_a_folder_without_config_is_refused(tmp_path: Path) -> None:
         Backbone.load(tmp_path)
 
 
+def test_a_folder_whose_config_is_not_json_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(ConfigError, match=r"config\.json is not valid JSON \(line 1") as err:
+        Backbone.load(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_a_folder_without_weights_is_one_sentence(tiny: Backbone, tmp_path: Path) -> None:
+    tiny.model.config.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"has no weights: expected model\.safetensors") as err:
+        resolve_backbone(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_pickled_weights_are_refused_unless_allowed(tiny: Backbone, tmp_path: Path) -> None:
+    # transformers 5 ignores save_pretrained(safe_serialization=False): write the pickle as
+    # older transformers did, beside the config.
+    tiny.model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(tiny.model.state_dict(), tmp_path / "pytorch_model.bin")
+    tiny.tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "pytorch_model.bin").is_file()
+    assert not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(ConfigError, match=r"'pytorch_model\.bin'.*--allow-pickle-weights"):
+        resolve_backbone(tmp_path)
+    loaded = resolve_backbone(tmp_path, device="cpu", allow_pickle=True)
+    assert loaded.fingerprint == tiny.fingerprint
+
+
+def test_safetensors_are_preferred_over_pickled_weights(
+    tiny: Backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    torch.save({"not": "weights"}, tmp_path / "pytorch_model.bin")
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("torch.load must not run for a folder with safetensors")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    assert Backbone.load(tmp_path, device="cpu").fingerprint == tiny.fingerprint
+
+
 def _parity(backbone: Backbone, texts: list[str]) -> None:
     tok = backbone.tokenizer
     rows = [tok.encode(t, add_special_tokens=False) for t in texts]

@@ -174,6 +174,53 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return [single] if single.is_file() else sorted(folder.glob("*.safetensors"))
 
 
+_PICKLED_WEIGHTS = ("pytorch_model.bin.index.json", "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _weights_format(folder: Path, *, allow_pickle: bool) -> bool:
+    """Check that `folder` is a model folder with a valid config.json and weights; True when its
+    weights are safetensors, False when they are pickled and `allow_pickle` says to read them.
+    Anything else raises ConfigError naming the folder."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(
+            f"backbone '{folder}' is neither 'default', 'tiny' nor a Hugging Face model folder "
+            "with a config.json"
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"backbone folder '{folder}': config.json cannot be read ({err})"
+        ) from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"backbone folder '{folder}': config.json is not valid JSON "
+            f"(line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from err
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"backbone folder '{folder}': config.json holds a {type(config).__name__}, "
+            "expected a JSON object"
+        )
+    if _safetensors_files(folder):
+        return True
+    pickled = sorted({f for pattern in _PICKLED_WEIGHTS for f in folder.glob(pattern)})
+    if not pickled:
+        raise ConfigError(
+            f"backbone folder '{folder}' has no weights: expected model.safetensors "
+            "(or a sharded model.safetensors.index.json) beside its config.json"
+        )
+    if not allow_pickle:
+        raise ConfigError(
+            f"backbone folder '{folder}' stores its weights only as pickle ('{pickled[0].name}'), "
+            "which can run code when loaded: convert it to safetensors, or pass "
+            "--allow-pickle-weights (allow_pickle=True) if you trust where it came from"
+        )
+    log.warning("reading pickled weights %s (allowed by allow_pickle)", pickled[0])
+    return False
+
+
 def folder_fingerprint(model: nn.Module, folder: Path) -> str:
     """The fingerprint of the weights stored in `folder`, whatever dtype `model` (loaded from it)
     has now: `weights_fingerprint` of the fp32 model, computed from the stored tensors.
@@ -387,10 +434,16 @@ class Backbone:
         *,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
+        allow_pickle: bool = False,
     ) -> Backbone:
         """Load a backbone: None or "default" (embedded model), "tiny" (test model) or a folder,
         on `device` in `dtype` (see the module docstring for "auto"). The fingerprint names the
-        stored weights, the same for every device and dtype."""
+        stored weights, the same for every device and dtype.
+
+        A folder's weights are read from safetensors; a folder with only pickled weights
+        (`pytorch_model.bin`, which can run code when unpickled) is refused unless
+        `allow_pickle` (the CLI's `--allow-pickle-weights`). Any unreadable folder raises
+        ConfigError naming it."""
         where = resolve_device(device)
         precision = resolve_dtype(dtype, where)
         if path is None or str(path) == "default":
@@ -410,20 +463,32 @@ class Backbone:
         if str(path) == "tiny":
             return cls.tiny(device=where, dtype=precision)
         folder = Path(path)
-        if not (folder / "config.json").is_file():
+        use_safetensors = _weights_format(folder, allow_pickle=allow_pickle)
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError) as err:
             raise ConfigError(
-                f"backbone '{path}' is neither 'default', 'tiny' nor a Hugging Face model folder "
-                "with a config.json"
-            )
-        config = AutoConfig.from_pretrained(folder)
+                f"backbone folder '{folder}' has an unreadable config.json: {err}"
+            ) from err
         try:
             with quiet_loading():
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=precision)
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, dtype=precision, use_safetensors=use_safetensors
+                )
         except ValueError as err:
             raise ConfigError(
                 f"backbone folder '{folder}' ({config.model_type}) is not a causal LM: {err}"
             ) from err
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        except OSError as err:
+            raise ConfigError(
+                f"backbone folder '{folder}' has weights transformers cannot read: {err}"
+            ) from err
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"backbone folder '{folder}' has no tokenizer transformers can load: {err}"
+            ) from err
         return cls(
             _placed(model, where, precision),
             tokenizer,
@@ -541,10 +606,12 @@ def resolve_backbone(
     *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
+    allow_pickle: bool = False,
 ) -> Backbone:
-    """`--backbone default|tiny|PATH --device ... --dtype ...` as a Backbone, with a clear error
-    for a missing path, an unknown dtype or a device this machine does not have."""
+    """`--backbone default|tiny|PATH --device ... --dtype ... [--allow-pickle-weights]` as a
+    Backbone, with a clear error for a missing path, an unknown dtype or a device this machine
+    does not have. `allow_pickle` is `Backbone.load`'s."""
     if spec is not None and str(spec) not in ("default", "tiny") and not Path(spec).exists():
         raise ConfigError(f"backbone '{spec}' is not 'default', 'tiny' or an existing folder")
     resolve_dtype(dtype, resolve_device(device))  # fail before any loading
-    return Backbone.load(spec, device=device, dtype=dtype)
+    return Backbone.load(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
