@@ -282,3 +282,74 @@ def test_generation_task_rejects_labels(csv_task: Path) -> None:
     path = _write_task(csv_task.parent, kind="generation")
     with _raises(r"task file '.*task\.yaml': a generation task takes no 'labels' field"):
         load_task(path)
+
+
+def test_train_and_test_naming_the_same_file_is_refused(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "all.jsonl", _rows(40))
+    path = _write_task(tmp_path, data={"train": "all.jsonl", "test": "./all.jsonl"})
+    with _raises(r"task file '.*task\.yaml': data\.train and data\.test name the same file"):
+        load_task(path)
+
+
+def test_a_train_file_wholly_inside_test_is_refused(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "train.jsonl", _rows(10))
+    _write_jsonl(tmp_path / "test.jsonl", _rows(20))
+    path = _write_task(tmp_path, data={"train": "train.jsonl", "test": "test.jsonl"})
+    with _raises(r"data file '.*train\.jsonl': every input also occurs in a later split"):
+        load_task(path)
+
+
+def test_a_folder_given_as_data_is_called_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").mkdir()
+    with _raises(r"data file '.*data\.csv' \(field 'data' of '.*task\.yaml'\) is a folder, not"):
+        load_task(_write_task(tmp_path))
+
+
+def test_a_folder_given_as_task_file_is_called_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "task.yaml").mkdir()
+    with _raises(r"task file '.*task\.yaml' is a folder, not a file"):
+        load_task(tmp_path / "task.yaml")
+
+
+def test_a_duplicated_yaml_key_names_line_and_key(csv_task: Path) -> None:
+    text = csv_task.read_text(encoding="utf-8")
+    csv_task.write_text(text + "name: other\n", encoding="utf-8")
+    line = text.count("\n") + 1
+    with _raises(rf"task file '.*task\.yaml' is not valid YAML at line {line}: the key 'name' "):
+        load_task(csv_task)
+
+
+def test_a_duplicated_key_in_a_nested_yaml_mapping_is_refused(csv_task: Path) -> None:
+    path = csv_task.parent / "task.yaml"
+    path.write_text(
+        "name: reviews\ndata: data.csv\ninput_fields: [text]\nlabel_field: label\n"
+        "labels:\n  pos: positive\n  pos: negative\n  neg: negative\ninstruction: Classify.\n",
+        encoding="utf-8",
+    )
+    with _raises(r"not valid YAML at line 7: the key 'pos' appears twice"):
+        load_task(path)
+
+
+def test_a_duplicated_json_key_is_refused(csv_task: Path) -> None:
+    config = yaml.safe_load(csv_task.read_text(encoding="utf-8"))
+    body = json.dumps(config)[:-1] + ', "label_field": "text"}'
+    path = csv_task.parent / "task.json"
+    path.write_text(body, encoding="utf-8")
+    with _raises(r"task file '.*task\.json' is not valid: the key 'label_field' appears twice"):
+        load_task(path)
+
+
+def test_a_csv_field_longer_than_the_csv_default_loads_like_jsonl(tmp_path: Path) -> None:
+    long_text = "word " * 40_000  # 200,000 characters, over csv's 131,072 default
+    rows = [*_rows(20), {"text": long_text, "label": "pos"}]
+    _write_csv(tmp_path / "data.csv", rows)
+    _write_jsonl(tmp_path / "data.jsonl", rows)
+    from_csv = load_task(_write_task(tmp_path))
+    from_jsonl = load_task(_write_task(tmp_path, data="data.jsonl"))
+    assert from_csv.train + from_csv.dev + from_csv.test == (
+        from_jsonl.train + from_jsonl.dev + from_jsonl.test
+    )
+    assert any(
+        ex.fields["text"] == long_text for ex in from_csv.train + from_csv.dev + from_csv.test
+    )
+    assert csv.field_size_limit() == 131_072  # the process-wide limit is given back

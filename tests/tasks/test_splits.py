@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from collections import Counter
+
+import pytest
 
 from frozenlm.tasks.spec import Example
 from frozenlm.tasks.splits import (
@@ -52,6 +55,30 @@ def test_dedupe_drops_duplicates_conflicts_and_empty_inputs() -> None:
     assert _ids(tuple(kept)) == sorted(_ids(tuple(kept)))
     # The copy kept does not depend on the input order.
     assert dedupe(list(reversed(rows))) == kept
+
+
+def test_conflicting_labels_are_reported_once_at_warning_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rows = [
+        make_example({"text": "Odd film"}, "pos", ("text",)),
+        make_example({"text": "odd film"}, "neg", ("text",)),
+        make_example({"text": "odd  FILM"}, "neg", ("text",)),
+        make_example({"text": "Mixed film"}, "pos", ("text",)),
+        make_example({"text": "mixed film"}, "neg", ("text",)),
+        make_example({"text": "Bad film"}, "neg", ("text",)),
+    ]
+    with caplog.at_level(logging.WARNING, logger="frozenlm.tasks.splits"):
+        kept = dedupe(rows, what="d.csv")
+    assert [ex.fields["text"] for ex in kept] == ["Bad film"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "d.csv: dropped 5 rows: 2 inputs occur with different labels, so no copy is kept"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="frozenlm.tasks.splits"):
+        dedupe(rows[-1:], what="d.csv")
+    assert not caplog.records  # no conflict, no warning
 
 
 def test_split_sizes_follow_fractions_and_caps() -> None:

@@ -17,6 +17,7 @@ import logging
 import os
 import string
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ def load_task(name_or_path: str | os.PathLike[str], seed: int = 0) -> Task:
                 f"({', '.join(BUILTIN_TASKS)}) or a path to a .yaml/.yml/.json task file"
             )
         raise DataError(f"task file '{path}' does not exist")
+    if path.is_dir():
+        raise DataError(f"task file '{path}' is a folder, not a file")
     return load_task_file(path, seed=seed)
 
 
@@ -78,19 +81,24 @@ def load_task_file(path: str | os.PathLike[str], seed: int = 0) -> Task:
                 f"task file '{path}': field 'data' must be a path or a mapping with keys "
                 f"train, test and optionally dev; found keys {', '.join(map(str, data))}"
             )
-        parts = {
-            split: _load_examples(_data_path(path, data[split], f"data.{split}"), spec, label_field)
+        paths = {
+            split: _data_path(path, data[split], f"data.{split}")
             for split in ("train", "dev", "test")
             if split in data
+        }
+        _check_distinct_files(paths, path)
+        parts = {
+            split: _load_examples(data_path, spec, label_field)
+            for split, data_path in paths.items()
         }
         test = tuple(parts["test"])
         seen = {example.id for example in test}
         if "dev" in parts:
-            dev = _without(parts["dev"], seen, "dev")
+            dev = _without(parts["dev"], seen, paths["dev"])
             seen |= {example.id for example in dev}
-            train = _without(parts["train"], seen, "train")
+            train = _without(parts["train"], seen, paths["train"])
         else:
-            train = _without(parts["train"], seen, "train")
+            train = _without(parts["train"], seen, paths["train"])
             size = min(int(len(train) * DEV_FRACTION), DEV_MAX)
             train, dev = split_off(train, size, seed=seed, stratify=stratify)
     else:
@@ -107,27 +115,89 @@ def load_task_file(path: str | os.PathLike[str], seed: int = 0) -> Task:
     return Task(spec=spec, train=tuple(train), dev=tuple(dev), test=tuple(test))
 
 
-def _without(examples: list[Example], ids: set[str], split: str) -> tuple[Example, ...]:
+def _check_distinct_files(paths: Mapping[str, Path], task_file: Path) -> None:
+    """Refuse two splits that name the same data file: every example of the earlier split would
+    be dropped as also occurring in the later one."""
+    seen: dict[Path, str] = {}
+    for split, data_path in paths.items():
+        key = data_path.resolve()
+        if key in seen:
+            raise DataError(
+                f"task file '{task_file}': data.{seen[key]} and data.{split} name the same file "
+                f"'{data_path}'; give each split its own file, or give 'data' one path and "
+                "frozenlm makes the splits"
+            )
+        seen[key] = split
+
+
+def _without(examples: list[Example], ids: set[str], path: Path) -> tuple[Example, ...]:
+    """`examples` (read from `path`) without those whose input also occurs in a later split."""
     kept = tuple(example for example in examples if example.id not in ids)
+    if not kept:
+        raise DataError(
+            f"data file '{path}': every input also occurs in a later split (dev or test), so "
+            "nothing is left for this split; it needs inputs the later splits do not hold"
+        )
     if len(kept) < len(examples):
         logger.warning(
-            "dropped %d %s examples whose input also occurs in a later split",
+            "%s: dropped %d examples whose input also occurs in a later split",
+            path,
             len(examples) - len(kept),
-            split,
         )
     return kept
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a mapping naming a key twice is an error (plain YAML
+    silently keeps the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, list | dict):
+                continue  # unhashable: SafeLoader reports it below
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"the key '{key}' appears twice (YAML would silently keep the last value)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DataError(
+                f"task file '{path}' is not valid: the key '{key}' appears twice in one object "
+                "(JSON would silently keep the last value)"
+            )
+        result[key] = value
+    return result
 
 
 def _read_task_file(path: Path) -> dict[str, Any]:
     if path.suffix.lower() not in TASK_FILE_SUFFIXES:
         raise DataError(f"task file '{path}' must end in .yaml, .yml or .json")
-    text = _decode(path.read_bytes(), path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"task file '{path}' cannot be read: {error.strerror}") from None
+    text = _decode(raw, path)
     if not text.strip():
         raise DataError(
             f"task file '{path}' is empty; expected a mapping with {', '.join(REQUIRED_KEYS)}"
         )
     try:
-        config = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        if path.suffix.lower() == ".json":
+            config = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
+        else:
+            config = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except json.JSONDecodeError as error:
         raise DataError(
             f"task file '{path}' is not valid JSON at line {error.lineno}: {error.msg}"
@@ -271,6 +341,10 @@ def _data_path(task_file: Path, value: Any, key: str) -> Path:
         raise DataError(
             f"data file '{path}' (field '{key}' of '{task_file}') must be .csv or .jsonl"
         )
+    if path.is_dir():
+        raise DataError(
+            f"data file '{path}' (field '{key}' of '{task_file}') is a folder, not a file"
+        )
     if not path.is_file():
         raise DataError(f"data file '{path}' (field '{key}' of '{task_file}') does not exist")
     return path
@@ -335,8 +409,27 @@ def _decode(raw: bytes, path: Path) -> str:
         ) from None
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> Iterator[Record]:
+@contextmanager
+def _any_field_size() -> Iterator[None]:
+    """Let the csv module read fields of any length (its default limit is 131,072 characters),
+    so a long CSV field loads as the same text in JSONL does; the prompter then truncates it to
+    the context budget, with one warning, whichever file it came from. The previous limit
+    is restored afterwards: it is process-wide."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # the largest a C long takes on every platform
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[Record]:
     """Rows of a UTF-8 CSV file whose header names `columns`, as (line, {column: value})."""
+    with _any_field_size():
+        return list(_parse_csv(path, columns))
+
+
+def _parse_csv(path: Path, columns: tuple[str, ...]) -> Iterator[Record]:
     reader = csv.reader(io.StringIO(_decode(path.read_bytes(), path), newline=""))
     try:
         header = next(reader, None)

@@ -79,6 +79,13 @@ def dedupe(examples: Iterable[Example], *, what: str = "examples") -> list[Examp
             continue
         kept.append(min(copies, key=_sort_key))
     duplicates = total - empty - conflicting_rows - len(kept)
+    if conflicts:
+        logger.warning(
+            "%s: dropped %d rows: %d inputs occur with different labels, so no copy is kept",
+            what,
+            conflicting_rows,
+            conflicts,
+        )
     logger.info(
         "%s: %d rows -> %d examples (%d duplicates, %d inputs with conflicting labels dropped, "
         "%d empty inputs dropped)",
