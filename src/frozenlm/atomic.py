@@ -124,15 +124,94 @@ def _swap_in(tmp: Path, folder: Path) -> None:
         os.rename(aside, folder)
         raise
     _fsync(folder.parent)
-    shutil.rmtree(aside, ignore_errors=True)
+    _delete(aside, folder)
+
+
+def _delete(path: Path, folder: Path) -> None:
+    """Remove `path` (`folder` or one of its siblings): renamed to a `.NAME.del-*` sibling of
+    `folder` first (one atomic step), then deleted, so a kill mid-delete leaves a folder that is
+    garbage by its name, never a half-deleted "old" one that `_recover` could mistake for a
+    complete version."""
+    doomed = _sibling(folder, "del")
+    os.rename(path, doomed)
+    _fsync(folder.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _recover(folder: Path) -> None:
-    """Undo what a killed write left: temp folders, and an old checkpoint renamed aside while
-    the new one was not yet renamed in (it is put back)."""
+    """Undo what a killed write left: temp folders, folders being deleted, and an old complete
+    version renamed aside while the new one was not yet renamed in (it is put back).
+
+    Interrupt points of `build_folder` and what is found afterwards:
+    - while building: `folder` (old, complete) and `.NAME.tmp-*` (partial): the temp is removed;
+    - between the two renames: `.NAME.old-*` (complete) and `.NAME.tmp-*` (complete), no
+      `folder`: the old one is renamed back, the temp removed;
+    - after the swap: `folder` (new) and `.NAME.old-*` or `.NAME.del-*`: both removed.
+    An "old" folder is only ever a complete version renamed aside: deletion goes through "del".
+    """
     olds = siblings(folder, "old")
     if olds and not folder.exists():
         log.warning("restoring '%s' from '%s', left by an interrupted save", folder, olds[-1])
         os.rename(olds.pop(), folder)
-    for stale in [*siblings(folder, "tmp"), *olds]:
+        _fsync(folder.parent)
+    for stale in olds:
+        _delete(stale, folder)
+    for stale in [*siblings(folder, "tmp"), *siblings(folder, "del")]:
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def leftovers(folder: str | Path) -> list[Path]:
+    """The hidden siblings (`.NAME.tmp-*`, `.old-*`, `.del-*`) an interrupted write of `folder`
+    may have left."""
+    folder = Path(folder)
+    return [p for tag in ("tmp", "old", "del") for p in siblings(folder, tag)]
+
+
+def remove_folder(folder: str | Path) -> None:
+    """Delete `folder` (if it exists) in one atomic rename: a kill leaves it whole or gone (and
+    a hidden `.NAME.del-*` sibling, removed by the next call)."""
+    folder = Path(folder)
+    if folder.exists():
+        _delete(folder, folder)
+    for stale in siblings(folder, "del"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def check_output_file(path: str | Path, option: str = "out") -> Path:
+    """Refuse, before any work, an output file that cannot be written: `path` is a folder, or
+    its parent is a file (or under one). Returns `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} '{path}' is a folder; expected the name of a file to write")
+    _check_creatable(path.parent, path, option)
+    return path
+
+
+def check_output_folder(
+    path: str | Path, option: str = "out", *, marker: str | None = None
+) -> Path:
+    """Refuse, before any work, an output folder that cannot be made: `path` is a file, or its
+    parent is a file (or under one), or (with `marker`, for a folder `build_folder` will
+    replace) a non-empty folder without `marker`. Returns `path`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} '{path}' is a file; expected a folder to write into")
+    if marker and path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
+        raise ConfigError(
+            f"{option} '{path}' is a folder that does not hold {marker}; refusing to replace it"
+        )
+    _check_creatable(path.parent, path, option)
+    return path
+
+
+def _check_creatable(parent: Path, path: Path, option: str) -> None:
+    """The nearest existing ancestor of `path` must be a writable folder."""
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise ConfigError(
+            f"{option} '{path}' cannot be created: '{ancestor}' is a file, not a folder"
+        )
+    if ancestor.is_dir() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} '{path}' cannot be created: '{ancestor}' is not writable")

@@ -66,6 +66,27 @@ def load_backbone(args: argparse.Namespace) -> Backbone:
     return resolve_backbone(args.backbone, device=args.device, dtype=args.dtype)
 
 
+def check_output_file(path: str | None, option: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be written (`path` a folder, its
+    parent a file): ConfigError naming `option`."""
+    from frozenlm.atomic import check_output_file as check
+
+    if path:
+        check(path, option)
+
+
+def check_output_folder(
+    path: str | None, option: str = "--out", *, marker: str | None = None
+) -> None:
+    """Refuse, before any work, an output folder that cannot be made (`path` a file, its
+    parent a file; with `marker`, a non-empty folder without it, which would not be replaced):
+    ConfigError naming `option`."""
+    from frozenlm.atomic import check_output_folder as check
+
+    if path:
+        check(path, option, marker=marker)
+
+
 def report(headline: str, data: Any, out: str | None) -> None:
     """Print a report's headline and, with --out, write its JSON atomically."""
     from frozenlm.atomic import atomic_write_json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from frozenlm.cli.common import add_backbone, load_backbone, record
+from frozenlm.cli.common import add_backbone, check_output_folder, load_backbone, record
 
 DESCRIPTION = (
     "Run prompt design, soft prompts, PEFT prompt tuning, ID-PT, LoRA, full fine-tuning, the "
@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from frozenlm.compare.runner import CompareConfig, compare, parse_methods, parse_train_sizes
 
+    check_output_folder(args.out)
     config = CompareConfig(
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
         methods=parse_methods(args.methods),

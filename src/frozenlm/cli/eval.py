@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from frozenlm.cli.common import add_backbone, load_backbone, record_eval, report
+from frozenlm.cli.common import (
+    add_backbone,
+    check_output_file,
+    load_backbone,
+    record_eval,
+    report,
+)
 from frozenlm.errors import ConfigError
 
 
@@ -64,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.out)
     if args.plugin and "," in args.plugin:
         return _run_ensemble(args)
     if args.plugin:

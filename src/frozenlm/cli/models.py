@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from frozenlm.cli.common import add_backbone, load_backbone
+from frozenlm.cli.common import add_backbone, check_output_folder, load_backbone
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +18,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from frozenlm.plugins.peft import export_peft_plugin
+    from frozenlm.plugins.peft import ADAPTER_CONFIG, export_peft_plugin
 
+    check_output_folder(args.out_dir, "OUT", marker=ADAPTER_CONFIG)
     backbone = load_backbone(args)
     task = export_peft_plugin(args.plugin_dir, args.out_dir, backbone, args.task)
     print(f"exported the '{task}' prompt as a PEFT prompt-tuning adapter to {args.out_dir}")
@@ -34,8 +35,10 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from frozenlm.plugins.checkpoint import PLUGIN_JSON
     from frozenlm.plugins.peft import import_peft_plugin
 
+    check_output_folder(args.out_dir, "OUT", marker=PLUGIN_JSON)
     backbone = load_backbone(args)
     import_peft_plugin(args.peft_dir, args.out_dir, backbone, args.task)
     print(f"imported {args.peft_dir} as a frozenlm soft prompt for '{args.task}' in {args.out_dir}")

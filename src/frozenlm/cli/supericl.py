@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from frozenlm.cli.common import add_backbone, load_backbone, record, report
+from frozenlm.cli.common import (
+    add_backbone,
+    check_output_file,
+    check_output_folder,
+    load_backbone,
+    record,
+    report,
+)
 from frozenlm.errors import ConfigError
 
 DESCRIPTION = (
@@ -88,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".json"):
         raise ConfigError(f"--out must name a .json file, got '{args.out}'")
+    stem = args.out.removesuffix(".json")
+    check_output_file(args.out)
+    check_output_file(stem + ".jsonl", "--out's .jsonl sibling")
+    if args.plugin == "default":
+        check_output_folder(stem + ".plugin", "--out's .plugin sibling")
     config = SuperICLConfig(
         shots=args.shots,
         selection=args.selection,
@@ -118,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
             OpenAIConfig(args.base_url, args.model, api=args.api, api_key_env=args.api_key_env)
         )
         tokenizer, max_tokens = load_tokenizer(), args.max_prompt_tokens
-    stem = args.out.removesuffix(".json")
     result = supericl_job(
         task,
         backend,

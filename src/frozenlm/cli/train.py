@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from frozenlm.cli.common import add_backbone, load_backbone, record
+from frozenlm.cli.common import add_backbone, check_output_folder, load_backbone, record
 from frozenlm.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -102,6 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the training run OUT holds (best/ and last/) and train a new one",
+    )
     add_backbone(parser)
 
 
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from frozenlm.plugins.soft_prompt import SoftPromptConfig
     from frozenlm.training.loop import TrainConfig, train_plugin
 
+    check_output_folder(args.out)
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         args.out,
         resume=args.resume,
+        overwrite=args.overwrite,
     )
     print(
         f"best dev {result.best_metric:.4f} at step {result.best_step} "

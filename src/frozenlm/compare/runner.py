@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from frozenlm.atomic import atomic_write_json
+from frozenlm.atomic import atomic_write_json, check_output_folder
 from frozenlm.backbone import Backbone
 from frozenlm.compare.domain import SHIFTS, load_compare_task, shifted
 from frozenlm.compare.methods import BUDGETS, METHODS, Budget, Fitted, Method, folder_bytes
@@ -210,7 +210,7 @@ def _largest(sizes: Sequence[int | None]) -> int | None:
 
 def run_compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> list[dict[str, Any]]:
     """Run (or continue) a comparison into `out`; returns every cell."""
-    out = Path(out)
+    out = check_output_folder(out, "out")
     budget = config.resolved_budget()
     tasks: dict[str, Task] = {}
     cells = plan(config)

@@ -20,7 +20,7 @@ from frozenlm.evaluation.ensemble import EnsembleReport, evaluate_ensemble
 from frozenlm.evaluation.evaluate import EvalConfig, Report, evaluate
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptSet
-from frozenlm.tasks import Task, load_task
+from frozenlm.tasks import BUILTIN_TASKS, Task, load_task
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def evaluate_saved(
     plugin, checkpoint = load_plugin(folder, backbone, allow_other_backbone=allow_other_backbone)
     sources: dict[str, str] = checkpoint.meta["task_sources"]
     train_config = checkpoint.meta.get("train_config", {})
-    names = list(tasks) if tasks else list(sources)
+    refs = list(tasks) if tasks else list(sources)
     config = EvalConfig(
         split=split,
         limit=limit,
@@ -83,12 +83,21 @@ def evaluate_saved(
         max_new_tokens=max_new_tokens,
         seed=seed,
     )
-    for name in names:
-        if name not in sources and not plugin.serves_any_task:
+    for ref in refs:
+        if ref not in sources and not Path(ref).is_file() and not plugin.serves_any_task:
             raise ConfigError(
-                f"the plug-in in '{folder}' was trained for {', '.join(sources)}, not '{name}'"
+                f"the plug-in in '{folder}' was trained for {', '.join(sources)}, not '{ref}'"
             )
-    loaded = [load_task(sources.get(n, n), seed=train_config.get("seed", 0)) for n in names]
+    loaded = []
+    for ref in refs:
+        task = load_task(sources.get(ref, ref), seed=train_config.get("seed", 0))
+        if task.name not in sources and not plugin.serves_any_task:
+            raise ConfigError(
+                f"the plug-in in '{folder}' was trained for {', '.join(sources)}, not "
+                f"'{task.name}' (the task in '{ref}')"
+            )
+        _check_same_splits(task, ref, folder, checkpoint.meta)
+        loaded.append(task)
     reports = [evaluate(backbone, task, config, plugin=plugin) for task in loaded]
     return SavedReports(reports, loaded)
 
@@ -106,22 +115,31 @@ def evaluate_saved_ensemble(
     """Evaluate the soft prompts for `task` saved in `folders` as one prompt ensemble (each
     prompt alone, their majority vote and their mean log-probability)."""
     prompts = []
-    source, chat = task, True
+    name, source, chat = task, task, True
+    by_file = task not in BUILTIN_TASKS and Path(task).is_file()
+    given: dict[int, Task] = {}  # a task file's task, by split seed
     trained_on: dict[str, str] = {}  # folder -> split hash of the task it was trained on
     for folder in folders:
         plugin, checkpoint = load_plugin(
             folder, backbone, allow_other_backbone=allow_other_backbone
         )
         sources: dict[str, str] = checkpoint.meta["task_sources"]
-        if task not in sources:
+        train_config = checkpoint.meta.get("train_config", {})
+        if by_file and task not in sources:  # a task file: the task it holds, by its name
+            seed_trained = train_config.get("seed", 0)
+            if seed_trained not in given:
+                given[seed_trained] = load_task(task, seed=seed_trained)
+            name = given[seed_trained].name
+            _check_same_splits(given[seed_trained], task, folder, checkpoint.meta)
+        if name not in sources:
             raise ConfigError(f"the plug-in in '{folder}' has no prompt for task '{task}'")
         if not isinstance(plugin, SoftPromptSet):
             kind = checkpoint.meta["kind"]
             raise ConfigError(f"'{folder}' holds a {kind}; only soft prompts form an ensemble")
-        prompts.append(plugin.prompt(task))
-        source = sources[task]
-        chat = checkpoint.meta.get("train_config", {}).get("chat_template", True)
-        trained_on[str(folder)] = checkpoint.meta.get("split_hashes", {}).get(task, "")
+        prompts.append(plugin.prompt(name))
+        source = sources[name] if name == task else task
+        chat = train_config.get("chat_template", True)
+        trained_on[str(folder)] = checkpoint.meta.get("split_hashes", {}).get(name, "")
     config = EvalConfig(split=split, limit=limit, chat_template=chat, seed=seed)
     loaded = load_task(source)  # the splits of seed 0, whatever seed each prompt trained with
     for folder, split_hash in trained_on.items():
@@ -136,3 +154,15 @@ def evaluate_saved_ensemble(
     names = [str(f) for f in folders]
     report = evaluate_ensemble(backbone, loaded, prompts, config, names=names)
     return SavedEnsembleReport(report, loaded)
+
+
+def _check_same_splits(task: Task, ref: str, folder: str | Path, meta: dict[str, Any]) -> None:
+    """Refuse `task` (loaded from `ref` with the training seed) when its splits are not those
+    the plug-in in `folder` was trained on: its data changed since."""
+    expected = meta.get("split_hashes", {}).get(task.name)
+    if expected and task.split_hash() != expected:
+        raise ConfigError(
+            f"'{ref}' gives task '{task.name}' other splits than the plug-in in '{folder}' was "
+            "trained on (its data changed since training); evaluate on the data it was trained "
+            "on, or train again"
+        )

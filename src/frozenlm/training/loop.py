@@ -12,6 +12,7 @@ Layout of `out`: the best checkpoint (by dev metric) in `out/best/`, the latest 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from transformers.optimization import Adafactor
 
+from frozenlm.atomic import check_output_folder, leftovers, remove_folder
 from frozenlm.backbone import Backbone, seeded_rng
 from frozenlm.engine.batching import Row
 from frozenlm.engine.loss import batch_loss
@@ -357,7 +359,7 @@ def train_steps(run: Run, state: TrainState) -> bool:
     early stopping, `last/`) every `eval_every` steps and at the end. Returns whether it
     stopped early."""
     config = run.config
-    stopped = False
+    stopped = config.patience > 0 and state.bad >= config.patience  # resumed after it stopped
     bar = progress(total=config.steps, initial=state.step, desc="train", unit="step")
     while state.step < config.steps and not stopped:
         loss = optimizer_step(run, state.step)
@@ -420,44 +422,100 @@ def train_plugin(
     out: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
     """`frozenlm train`: a new plug-in of `method` for the tasks named (built-in names or
-    task files), trained in one loop over mixed-task batches, saved under `out`."""
+    task files), trained in one loop over mixed-task batches, saved under `out`.
+
+    An `out` that holds a run (best/, last/, or what an interrupted save left of them) is
+    continued with `resume`, replaced with `overwrite` (the old run is deleted, in one atomic
+    rename of `out`, just before training starts) and refused otherwise. `resume` with more
+    `config.steps` than the saved run, and every other option the same, trains it further:
+    the result is that of an uninterrupted run of that many steps (the data order is a pure
+    function of (seed, step)), except that a saved run whose last step is not a multiple of
+    `eval_every` keeps the dev evaluation it made there."""
     from frozenlm.plugins.registry import new_plugin, plugin_meta, plugin_method
     from frozenlm.tasks import load_task
 
-    out = Path(out)
+    out = check_output_folder(out, "out")
     plugin_method(method)  # an unknown method is refused before any work
-    if not resume and (out / "best").exists():
+    if resume and overwrite:
         raise ConfigError(
-            f"'{out}' already holds a training run; pass --resume to continue it or choose "
-            "another --out"
+            "--resume continues the run in --out and --overwrite replaces it; choose one"
         )
+    found = run_files(out)
+    if found and not (resume or overwrite):
+        raise ConfigError(
+            f"'{out}' already holds a training run ({', '.join(p.name for p in found)}); pass "
+            "--resume to continue it, --overwrite to replace it, or choose another --out"
+        )
+    if found and overwrite:
+        others = sorted(p.name for p in out.iterdir() if p not in found)
+        if others:
+            raise ConfigError(
+                f"--overwrite deletes a run folder, but '{out}' also holds {', '.join(others)}; "
+                "move them or choose another --out"
+            )
     tasks = [load_task(ref, seed=config.seed) for ref in task_refs]
     if len({t.name for t in tasks}) != len(tasks):
         raise ConfigError("each task may be named only once in --task")
     meta = plugin_meta(method, plugin_config, backbone, tasks, task_refs)
-    if resume and (out / "last").exists():
+    if resume:
         saved = load_training_state(out / "last")
         if saved is not None:
             _check_same_run(out, saved[1].get("run", {}), meta, config)
     plugin = new_plugin(method, plugin_config, backbone, [t.spec for t in tasks], config.seed)
     plugin.train()
+    if found and overwrite:
+        log.warning("--overwrite: deleting the run in '%s'", out)
+        remove_folder(out)
     return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
+
+
+def run_files(out: Path) -> list[Path]:
+    """What of a training run `out` holds: best/, last/ and the hidden siblings an interrupted
+    save of either left (see `frozenlm.atomic`)."""
+    if not out.is_dir():
+        return []
+    found = [out / name for name in ("best", "last") if (out / name).exists()]
+    return found + [p for name in ("best", "last") for p in leftovers(out / name)]
+
+
+_RUN_FIELDS = {"tasks": "tasks", "fingerprint": "backbone fingerprint"}
+"""How a saved run's non-dict parts are named; its configs are compared field by field."""
 
 
 def _check_same_run(
     out: Path, saved: dict[str, Any], meta: dict[str, Any], config: TrainConfig
 ) -> None:
+    """Refuse a resume with other options than the saved run's, naming the fields that differ;
+    a larger `steps` (train a run further) is allowed."""
     now = {
         "plugin_config": meta["plugin_config"],
         "tasks": sorted(meta["tasks"]),
         "train_config": asdict(config),
         "fingerprint": meta["backbone"]["fingerprint"],
     }
+    differ: list[str] = []
     for key, value in now.items():
-        if key in saved and saved[key] != value:
-            raise ConfigError(
-                f"--resume: the run saved in '{out}' used another {key.replace('_', ' ')} "
-                f"({saved[key]} vs {value}); resume with the same command"
-            )
+        if key not in saved or saved[key] == value:
+            continue
+        before = saved[key]
+        if not (isinstance(before, dict) and isinstance(value, dict)):
+            differ.append(f"{_RUN_FIELDS.get(key, key)} {_shown(before)}, not {_shown(value)}")
+            continue
+        for name in sorted(before.keys() | value.keys()):
+            old, new = before.get(name), value.get(name)
+            steps = key == "train_config" and name == "steps"
+            more_steps = steps and isinstance(old, int) and isinstance(new, int) and new > old
+            if old != new and not more_steps:
+                differ.append(f"{name}={_shown(old)}, not {_shown(new)}")
+    if differ:
+        raise ConfigError(
+            f"--resume: the run saved in '{out}' used {'; '.join(differ)}; resume with the same "
+            "options (only a larger --steps is allowed: it trains the run further)"
+        )
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value)
