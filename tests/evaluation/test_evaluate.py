@@ -1,5 +1,6 @@
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
@@ -125,3 +126,27 @@ def test_the_shared_text_prefix_is_computed_once_with_equal_scores(
     shared = score_prompts(tiny, rows, candidates, config, "shared")
     alone = score_prompts(tiny, rows, candidates, config, "alone", share_text=False)
     torch.testing.assert_close(shared, alone, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"limit": -3}, "limit must be a positive number of examples, got -3"),
+        ({"limit": 0}, "limit must be a positive number of examples, got 0"),
+        ({"shots": -1}, "shots must be 0 or more demonstrations, got -1"),
+        ({"batch_rows": 0}, "batch_rows must be a positive number, got 0"),
+        ({"batch_tokens": -5}, "batch_tokens must be a positive number, got -5"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive number, got 0"),
+        ({"max_prompt_tokens": 0}, "max_prompt_tokens must be a positive number, got 0"),
+    ],
+)
+def test_a_non_positive_count_is_refused_in_one_sentence(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EvalConfig(**fields)
+
+
+def test_positive_counts_and_no_limit_are_accepted() -> None:
+    assert EvalConfig(limit=1, shots=0).limit == 1
+    assert EvalConfig().limit is None

@@ -75,6 +75,19 @@ class EvalConfig:
     seed: int = 0
     """Seed for demonstration choice and bootstrap resampling."""
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise ConfigError(
+                f"limit must be a positive number of examples, got {self.limit} "
+                "(leave it unset to evaluate the whole split)"
+            )
+        if isinstance(self.shots, bool) or self.shots < 0:
+            raise ConfigError(f"shots must be 0 or more demonstrations, got {self.shots}")
+        for name in ("max_prompt_tokens", "max_new_tokens", "batch_tokens", "batch_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive number, got {value}")
+
     def budget(self) -> BatchBudget:
         return BatchBudget(tokens=self.batch_tokens, rows=self.batch_rows)
 
