@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from frozenlm.backbone import Backbone, load_tokenizer
+
 # Property tests: a fixed seed in CI (the same examples every run), fresh ones on a laptop.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-from frozenlm.backbone import Backbone, load_tokenizer
 
 
 @pytest.fixture(scope="session")
