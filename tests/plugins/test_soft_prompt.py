@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -5,7 +8,9 @@ from frozenlm.backbone import Backbone
 from frozenlm.codec import from_json, to_json
 from frozenlm.engine.generation import GenerationConfig, generate
 from frozenlm.engine.scoring import ScoreRequest, score_batch
-from frozenlm.errors import ConfigError
+from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.plugins.checkpoint import save_checkpoint
+from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import (
     PromptInit,
     SoftPromptConfig,
@@ -112,3 +117,47 @@ def test_a_shared_prompt_serves_every_task_and_starts_from_all_their_labels(
     ids = [i for w in words for i in tiny.tokenizer.encode(" " + w, add_special_tokens=False)]
     torch.testing.assert_close(shared.prompt("*")[: len(ids)], tiny.embed(torch.tensor(ids)))
     assert from_json(SoftPromptConfig, to_json(config)).shared
+
+
+def _save_soft_prompt(folder: Path, backbone: Backbone, prompt: torch.Tensor) -> Path:
+    """A checkpoint whose JSON matches its tensor, as a hand edit that also fixed the JSON
+    (its tensor list and sha256 are recomputed by save_checkpoint) would leave it."""
+    meta = {
+        "kind": "soft-prompt",
+        "plugin_config": to_json(SoftPromptConfig()),  # length 20
+        "backbone": {
+            "name": backbone.name,
+            "fingerprint": backbone.fingerprint,
+            "hidden_size": backbone.hidden_size,
+        },
+    }
+    save_checkpoint(folder, {"prompt.sentiment": prompt}, meta)
+    return folder
+
+
+def test_a_prompt_of_another_hidden_size_is_refused_at_load(tiny: Backbone, tmp_path: Path) -> None:
+    folder = _save_soft_prompt(tmp_path / "ckpt", tiny, torch.zeros(20, 32))
+    expected = (
+        f"checkpoint '{folder}': soft prompt tensor 'prompt.sentiment' is [20, 32], but the "
+        "backbone has hidden size 64; expected [20, 64]"
+    )
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        load_plugin(folder, tiny)
+
+
+def test_a_prompt_shorter_than_its_config_is_refused(tiny: Backbone, tmp_path: Path) -> None:
+    folder = _save_soft_prompt(tmp_path / "ckpt", tiny, torch.zeros(15, 64))
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape(
+            "soft prompt tensor 'prompt.sentiment' has 15 vectors, but its config says length 20"
+        ),
+    ):
+        load_plugin(folder, tiny)
+
+
+def test_a_prompt_matching_config_and_backbone_loads(tiny: Backbone, tmp_path: Path) -> None:
+    prompt = torch.randn(20, 64, generator=torch.Generator().manual_seed(0))
+    plugin, _ = load_plugin(_save_soft_prompt(tmp_path / "ckpt", tiny, prompt), tiny)
+    assert isinstance(plugin, SoftPromptSet)
+    torch.testing.assert_close(plugin.prompt("sentiment").detach().cpu(), prompt, rtol=0, atol=0)

@@ -37,7 +37,12 @@ def _build_soft_prompt(
 
 def _restore_soft_prompt(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
     config = from_json(SoftPromptConfig, checkpoint.meta["plugin_config"], "soft prompt config")
-    return SoftPromptSet.from_tensors(checkpoint.tensors, config)
+    return SoftPromptSet.from_tensors(
+        checkpoint.tensors,
+        config,
+        backbone.hidden_size,
+        source=f"checkpoint '{checkpoint.folder}'",
+    )
 
 
 def _build_generator(
@@ -117,8 +122,16 @@ def load_plugin(
         checkpoint_folder(path), backbone=backbone, allow_other_backbone=allow_other_backbone
     )
     method = checkpoint.meta.get("kind")
-    if method not in PLUGINS:
-        raise CheckpointError(f"checkpoint '{path}' holds an unknown plug-in method '{method}'")
+    if not isinstance(method, str) or method not in PLUGINS:
+        raise CheckpointError(
+            f"checkpoint '{path}' holds an unknown plug-in method {method!r}; expected one of "
+            f"{', '.join(PLUGINS)}"
+        )
+    if not isinstance(checkpoint.meta.get("plugin_config"), dict):
+        raise CheckpointError(
+            f"checkpoint '{path}': 'plugin_config' in {checkpoint.folder / 'plugin.json'} must "
+            "be a JSON object"
+        )
     plugin = PLUGINS[method].restore(checkpoint, backbone)
     plugin.requires_grad_(False)
     plugin.to(backbone.device)  # fp32 weights on the backbone's device, cast at use

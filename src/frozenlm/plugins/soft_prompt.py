@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from frozenlm.backbone import Backbone
-from frozenlm.errors import ConfigError
+from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.protocol import count_trainable, single_group
 from frozenlm.tasks import Example, TaskSpec
 
@@ -148,11 +148,41 @@ class SoftPromptSet(nn.Module):
 
     @classmethod
     def from_tensors(
-        cls, tensors: Mapping[str, torch.Tensor], config: SoftPromptConfig
+        cls,
+        tensors: Mapping[str, torch.Tensor],
+        config: SoftPromptConfig,
+        hidden_size: int,
+        *,
+        source: str = "the checkpoint",
     ) -> SoftPromptSet:
-        prompts = {
-            k.removeprefix("prompt."): v for k, v in tensors.items() if k.startswith("prompt.")
-        }
+        """Saved prompts, each of which must be [config.length, hidden_size] (the backbone's);
+        a tensor of another name or shape raises CheckpointError naming it and `source`."""
+        expected = [config.length, hidden_size]
+        for name, tensor in tensors.items():
+            shape = list(tensor.shape)
+            if not name.startswith("prompt.") or name == "prompt.":
+                raise CheckpointError(
+                    f"{source} holds the tensor '{name}', which is not a soft prompt "
+                    "('prompt.<task>')"
+                )
+            if tensor.dim() != 2 or shape[1] != hidden_size:
+                raise CheckpointError(
+                    f"{source}: soft prompt tensor '{name}' is {shape}, but the backbone has "
+                    f"hidden size {hidden_size}; expected {expected}"
+                )
+            if shape[0] != config.length:
+                raise CheckpointError(
+                    f"{source}: soft prompt tensor '{name}' has {shape[0]} vectors, but its "
+                    f"config says length {config.length}; expected {expected}"
+                )
+        prompts = {k.removeprefix("prompt."): v for k, v in tensors.items()}
+        if not prompts:
+            raise CheckpointError(f"{source} holds no soft prompt tensor ('prompt.<task>')")
+        if config.shared and set(prompts) != {SHARED}:
+            raise CheckpointError(
+                f"{source}: a shared soft prompt is one tensor 'prompt.{SHARED}', "
+                f"found {', '.join(sorted(tensors))}"
+            )
         return cls(prompts, config)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
