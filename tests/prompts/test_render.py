@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from frozenlm.errors import ConfigError, DataError
-from frozenlm.prompts.render import PromptConfig, Prompter
+from frozenlm.prompts.render import PromptConfig, Prompter, RenderedPrompt
+from frozenlm.tasks.builtin import load_builtin
 from frozenlm.tasks.spec import Example, TaskSpec
 
 SENTIMENT = TaskSpec(
@@ -266,3 +267,79 @@ def test_bad_config_values():
         PromptConfig(selection="best")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="framing"):
         PromptConfig(framing="dialogue")  # type: ignore[arg-type]
+
+
+def old_render(bounded: Prompter, unbounded: Prompter, example: Example, demos) -> RenderedPrompt:
+    """The fitting loop before issue 14, as the reference: drop demonstrations from the front
+    one at a time, re-rendering the whole prompt (`unbounded` renders without cutting)."""
+    demos = list(demos)
+    rendered = unbounded.render(example, demos)
+    text, ids = rendered.text, rendered.ids
+    dropped = 0
+    while demos and len(ids) + bounded.answer_tokens > bounded.max_tokens:
+        demos.pop(0)
+        dropped += 1
+        rendered = unbounded.render(example, demos)
+        text, ids = rendered.text, rendered.ids
+    if len(ids) + bounded.answer_tokens > bounded.max_tokens:  # truncate the input alone
+        alone = bounded.render(example)
+        return RenderedPrompt(alone.ids, alone.text, 0, dropped, alone.truncated_input)
+    return RenderedPrompt(ids, text, len(demos), dropped, False)
+
+
+@pytest.mark.parametrize("task_name", ["sentiment", "trec", "trivia"])
+@pytest.mark.parametrize("chat", [False, True])
+def test_budget_fit_equals_the_one_at_a_time_loop(tokenizer, task_name, chat):
+    task = load_builtin(task_name)
+    spec = task.spec
+    answer_tokens = None if spec.kind == "classification" else 8
+    framing = "qa" if task_name == "trec" else "plain"
+    annotate = (lambda ex: f"Hint: {len(ex.fields[spec.input_fields[0]]) % 7}") if chat else None
+
+    def make(max_tokens: int) -> Prompter:
+        config = PromptConfig(framing=framing, chat_template=chat)
+        return Prompter(
+            spec,
+            tokenizer,
+            config,
+            max_tokens=max_tokens,
+            answer_tokens=answer_tokens,
+            annotate=annotate,
+        )
+
+    unbounded = make(10**9)
+    demos = list(task.train[:40])
+    example = task.test[0]
+    alone = len(unbounded.render(example).ids)
+    full = len(unbounded.render(example, demos).ids)
+    budgets = {alone - 5, alone + 9, alone + 10, (alone + full) // 3, (alone + full) // 2}
+    budgets |= {full + 9, full + 10, full + 11, full + 500}
+    for shots in (0, 1, 2, 5, 17, 40):
+        offered = demos[len(demos) - shots :]
+        for max_tokens in sorted(budgets):
+            bounded = make(max_tokens)
+            assert bounded.render(example, offered) == old_render(
+                bounded, unbounded, example, offered
+            ), (shots, max_tokens)
+
+
+def test_budget_fit_of_thousands_of_demos_renders_only_what_it_keeps(tokenizer, monkeypatch):
+    task = load_builtin("sentiment")
+    p = Prompter(task.spec, tokenizer, PromptConfig(chat_template=True), max_tokens=2048)
+    demos = list(task.train) * 4  # more demonstrations than the budget has tokens
+    rendered_turns = []
+    render_text = p._render_text
+    monkeypatch.setattr(
+        p,
+        "_render_text",
+        lambda turns, *a: rendered_turns.append(len(turns)) or render_text(turns, *a),
+    )
+    rendered = p.render(task.test[0], demos)
+    assert 0 < rendered.n_demos < 200 and rendered.dropped_demos == len(demos) - rendered.n_demos
+    assert len(rendered.ids) + p.answer_tokens <= 2048
+    assert len(rendered_turns) <= 2 * rendered.n_demos.bit_length() + 2  # O(log k) renders
+    assert max(rendered_turns) < 2 * rendered.n_demos + 2  # of O(k) demonstrations each
+    reference = Prompter(task.spec, tokenizer, PromptConfig(), max_tokens=10**9)
+    assert rendered.ids == reference.render(task.test[0], demos[-rendered.n_demos :]).ids
+    bigger = reference.render(task.test[0], demos[-rendered.n_demos - 1 :])
+    assert len(bigger.ids) + p.answer_tokens > 2048  # one more demonstration would not fit

@@ -147,23 +147,17 @@ class Prompter:
                 f"example '{example.id}' of task '{self.spec.name}' lacks the input field(s) "
                 f"{', '.join(missing)}"
             )
-        demos = list(demos)
+        turns = [self._demo_turn(demo) for demo in demos]  # each demo formatted once
         fields = {name: example.fields[name] for name in self.spec.input_fields}
         note = self.annotate(example) if self.annotate else ""
-        text = self._render_text(demos, fields, note)
-        ids = self._encode(text)
-        dropped = 0
-        while demos and not self._fits(ids):
-            demos.pop(0)
-            dropped += 1
-            text = self._render_text(demos, fields, note)
-            ids = self._encode(text)
+        kept, text, ids = self._fit_demos(turns, fields, note)
+        dropped = len(turns) - kept
         truncated = not self._fits(ids)
         if truncated:
             text, ids = self._truncate(fields, len(ids), note)
         if dropped or truncated:
             self._note_cut(example, dropped, truncated)
-        return RenderedPrompt(ids, text, len(demos), dropped, truncated)
+        return RenderedPrompt(ids, text, kept, dropped, truncated)
 
     def render_content_free(
         self, demos: Sequence[Example] = (), content: str = "N/A"
@@ -224,37 +218,38 @@ class Prompter:
     # -- rendering --------------------------------------------------------------------------
 
     def _render_text(
-        self, demos: Sequence[Example], fields: Mapping[str, str], note: str = ""
+        self, turns: Sequence[tuple[str, str]], fields: Mapping[str, str], note: str = ""
     ) -> str:
+        """The prompt text from demonstration (question, answer) turns and the test fields."""
         test_input = self._question(self.spec.template.format(**fields), note)
         if self.use_chat:
-            return self._render_chat(demos, test_input)
-        return self._render_plain(demos, test_input)
+            return self._render_chat(turns, test_input)
+        return self._render_plain(turns, test_input)
 
     def _question(self, formatted_input: str, note: str = "") -> str:
         """The input as shown, with its framing and the annotation line when there is one."""
         text = "Q: " + formatted_input if self.config.framing == "qa" else formatted_input
         return text + "\n" + note if note else text
 
-    def _demo_question(self, demo: Example) -> str:
+    def _demo_turn(self, demo: Example) -> tuple[str, str]:
+        """A demonstration as shown: its question (with annotation) and its answer."""
         note = self.annotate(demo) if self.annotate else ""
-        return self._question(self.spec.format_input(demo), note)
+        return self._question(self.spec.format_input(demo), note), self.demo_answer(demo)
 
-    def _render_plain(self, demos: Sequence[Example], test_input: str) -> str:
+    def _render_plain(self, turns: Sequence[tuple[str, str]], test_input: str) -> str:
         cue = "\n" + CUES[self.config.framing] + " "
         blocks = [self.instruction] if self.instruction else []
-        for demo in demos:
-            blocks.append(self._demo_question(demo) + cue + self.demo_answer(demo))
+        for question, answer in turns:
+            blocks.append(question + cue + answer)
         blocks.append(test_input + self._cue)
         return "\n\n".join(blocks)
 
-    def _render_chat(self, demos: Sequence[Example], test_input: str) -> str:
+    def _render_chat(self, turns: Sequence[tuple[str, str]], test_input: str) -> str:
         messages = [{"role": "system", "content": self.instruction}]
-        for demo in demos:
-            answer = self.demo_answer(demo)
+        for question, answer in turns:
             if self.config.chain_of_thought:
                 answer = "Answer: " + answer
-            messages.append({"role": "user", "content": self._demo_question(demo)})
+            messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": answer})
         messages.append({"role": "user", "content": test_input})
         text = self.tokenizer.apply_chat_template(
@@ -272,6 +267,68 @@ class Prompter:
 
     def _fits(self, ids: Sequence[int]) -> bool:
         return len(ids) + self.answer_tokens <= self.max_tokens
+
+    def _fit_demos(
+        self, turns: Sequence[tuple[str, str]], fields: Mapping[str, str], note: str
+    ) -> tuple[int, str, list[int]]:
+        """The longest suffix of `turns` whose prompt fits: (its length, text, ids).
+
+        This is the prompt that dropping demonstrations from the front one at a time until it
+        fits gives, found with O(log k) renders of at most 2k demonstrations, where k is the
+        number kept: a galloping search over the kept count, then bisection. It relies on a
+        prompt never getting shorter when a demonstration is added, which holds because every
+        demonstration adds its own tokens (checked against the one-at-a-time loop in the tests).
+        With no suffix fitting, the zero-demonstration prompt is returned (it may not fit).
+        """
+
+        def attempt(k: int) -> tuple[int, str, list[int]]:
+            text = self._render_text(turns[len(turns) - k :], fields, note)
+            return k, text, self._encode(text)
+
+        n = len(turns)
+        high = n + 1  # the smallest count known not to fit
+        # Each demonstration adds at least one token: with more of them than the budget holds,
+        # the full prompt cannot fit, and rendering it would cost O(n).
+        if n <= self.max_tokens:
+            full = attempt(n)
+            if n == 0 or self._fits(full[2]):
+                return full
+            high = n
+        best = attempt(0)
+        if not self._fits(best[2]):
+            return best
+        k = 1  # gallop: 1, 2, 4, ... until a count does not fit
+        while k < high:
+            tried = attempt(k)
+            if not self._fits(tried[2]):
+                high = k
+                break
+            best, k = tried, 2 * k
+        while high - best[0] > 1:  # bisect: best[0] fits, high does not
+            tried = attempt((best[0] + high) // 2)
+            if self._fits(tried[2]):
+                best = tried
+            else:
+                high = tried[0]
+        return best
+        low, high = 0, None  # the suffix of `low` turns fits; that of `high` does not
+        k = 1
+        while high is None and k <= n:
+            text, ids = attempt(k)
+            if self._fits(ids):
+                low, best = k, (k, text, ids)
+                k *= 2
+            else:
+                high = k
+        high = n + 1 if high is None else high
+        while high - low > 1:
+            k = (low + high) // 2
+            text, ids = attempt(k)
+            if self._fits(ids):
+                low, best = k, (k, text, ids)
+            else:
+                high = k
+        return best
 
     def _truncate(
         self, fields: Mapping[str, str], n_ids: int, note: str = ""
