@@ -1,6 +1,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,113 @@ def test_an_existing_run_is_not_overwritten(tiny: Backbone, tmp_path: Path) -> N
     train_plugin(*args)
     with pytest.raises(ConfigError, match="--resume"):
         train_plugin(*args)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("killed", ["best swap", "last swap", "first best save"])
+def test_an_interrupted_run_is_not_overwritten_either(
+    killed: str, tiny: Backbone, tmp_path: Path
+) -> None:
+    """What a kill mid-swap leaves (the old best/ or last/ renamed aside, the new one in a temp
+    folder, or only a temp folder) is a run: a new run is refused, nothing is touched."""
+    task_file = write_toy_task(tmp_path, 24)
+    config = TrainConfig(steps=2, batch_size=2, eval_every=1, eval_limit=2)
+    args = (tiny, [str(task_file)], "soft-prompt", to_json(SoftPromptConfig(length=2)), config)
+    out = tmp_path / "run"
+    train_plugin(*args, out)
+    if killed == "first best save":
+        shutil.rmtree(out / "best")
+        shutil.rmtree(out / "last")
+        (out / ".best.tmp-0123abcd").mkdir()
+    else:
+        name = killed.split()[0]
+        (out / name).rename(out / f".{name}.old-0123abcd")
+        shutil.copytree(out / f".{name}.old-0123abcd", out / f".{name}.tmp-89abcdef")
+    before = _files(out)
+    with pytest.raises(ConfigError, match=r"already holds a training run \(.*; pass --resume"):
+        train_plugin(*args, out)
+    assert _files(out) == before
+
+
+def test_overwrite_replaces_a_run_and_nothing_else(tiny: Backbone, tmp_path: Path) -> None:
+    task_file = write_toy_task(tmp_path, 24)
+    config = TrainConfig(steps=1, batch_size=2, eval_every=1, eval_limit=2)
+    args = (tiny, [str(task_file)], "soft-prompt", to_json(SoftPromptConfig(length=2)), config)
+    out = tmp_path / "run"
+    train_plugin(*args, out)
+    (out / "last").rename(out / ".last.old-0123abcd")  # an interrupted save, too
+    with pytest.raises(ConfigError, match=r"--resume .* --overwrite replaces it; choose one"):
+        train_plugin(*args, out, resume=True, overwrite=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"also holds notes\.txt; move them"):
+        train_plugin(*args, out, overwrite=True)
+    (out / "notes.txt").unlink()
+    old = load_checkpoint(out / "best")
+    other = TrainConfig(steps=1, batch_size=2, eval_every=1, eval_limit=2, seed=7)
+    train_plugin(*args[:4], other, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "run", "task.json"]
+    new = load_checkpoint(out / "best")
+    assert new.meta["train_config"]["seed"] == 7 and old.meta["train_config"]["seed"] == 0
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"^out '.*afile' is a file; expected a folder"):
+        train_plugin(*args, tmp_path / "afile")
+
+
+def test_resume_with_more_steps_trains_on_like_an_uninterrupted_run(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    task_file = write_toy_task(tmp_path, 24)
+    prompt = to_json(SoftPromptConfig(length=2))
+
+    def run(out: str, steps: int, **kwargs: bool) -> list[dict[str, object]]:
+        config = TrainConfig(steps=steps, batch_size=2, eval_every=3, eval_limit=4, patience=0)
+        result = train_plugin(
+            tiny, [str(task_file)], "soft-prompt", prompt, config, tmp_path / out, **kwargs
+        )
+        return result.history
+
+    whole = run("whole", 12)
+    assert len(run("more", 6)) == 2
+    assert run("more", 12, resume=True) == whole
+    for name in ("best", "last"):
+        a, b = load_checkpoint(tmp_path / "whole" / name), load_checkpoint(tmp_path / "more" / name)
+        assert torch.equal(a.tensors["prompt.toy"], b.tensors["prompt.toy"])
+        assert a.meta["metrics"] == b.meta["metrics"]
+
+    with pytest.raises(ConfigError) as fewer:
+        run("more", 9, resume=True)
+    assert str(fewer.value) == (
+        f"--resume: the run saved in '{tmp_path / 'more'}' used steps=12, not 9; resume with "
+        "the same options (only a larger --steps is allowed: it trains the run further)"
+    )
+    config = TrainConfig(steps=12, batch_size=2, eval_every=3, eval_limit=4, lr=0.1)
+    with pytest.raises(ConfigError, match=r"used lr=0\.3, not 0\.1; patience=0, not 4; resume"):
+        train_plugin(
+            tiny, [str(task_file)], "soft-prompt", prompt, config, tmp_path / "more", resume=True
+        )
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_resumed_with_more_steps(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    task_file = write_toy_task(tmp_path, 24)
+    prompt = to_json(SoftPromptConfig(length=2))
+    # lr 0: the dev metric never improves after the first evaluation, so patience 1 stops it
+    config = TrainConfig(steps=6, batch_size=2, eval_every=1, eval_limit=4, patience=1, lr=1e-12)
+    first = train_plugin(tiny, [str(task_file)], "soft-prompt", prompt, config, tmp_path / "r")
+    assert first.stopped_early and first.steps_done < 6
+    more = TrainConfig(steps=20, batch_size=2, eval_every=1, eval_limit=4, patience=1, lr=1e-12)
+    again = train_plugin(
+        tiny, [str(task_file)], "soft-prompt", prompt, more, tmp_path / "r", resume=True
+    )
+    assert again.stopped_early and again.steps_done == first.steps_done
+    assert again.history == first.history
 
 
 def _train_command(task_file: Path, out: Path, *extra: str) -> list[str]:
