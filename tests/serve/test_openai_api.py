@@ -74,3 +74,89 @@ def test_unknown_model_and_malformed_requests_are_refused(openai_server: LocalSe
     with pytest.raises(urllib.error.HTTPError) as err:
         post(openai_server, "/completions", {"model": "tiny", "prompt": "x " * 3000})
     assert err.value.code == 400 and "fit with max_tokens" in err.value.read().decode()
+
+
+def refusal(server: LocalServer, route: str, body: dict[str, Any]) -> tuple[int, str]:
+    """The status and body text of a request that must fail."""
+    with pytest.raises(urllib.error.HTTPError) as err:
+        post(server, route, body)
+    return err.value.code, err.value.read().decode()
+
+
+def test_empty_and_invalid_unicode_text_is_a_400_with_the_reason(
+    openai_server: LocalServer,
+) -> None:
+    code, detail = refusal(openai_server, "/completions", {"model": "tiny", "prompt": ""})
+    assert code == 400 and "prompt is empty" in detail
+    code, detail = refusal(openai_server, "/completions", {"model": "tiny", "prompt": "a\ud800"})
+    assert code == 400 and "prompt is not valid Unicode" in detail and "character 1" in detail
+    message = {"role": "user", "content": "\ud800"}
+    code, detail = refusal(
+        openai_server, "/chat/completions", {"model": "tiny", "messages": [message]}
+    )
+    assert code == 400 and "messages[0].content is not valid Unicode" in detail
+    body = {"model": "tiny", "prompt": "hi", "stop": ["\n", "\udfff"]}
+    code, detail = refusal(openai_server, "/completions", body)
+    assert code == 400 and "stop[1] is not valid Unicode" in detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("stream", True, "streaming is not supported"),
+        ("n", 3, "n must be 1"),
+        ("temperature", 0.7, "temperature must be 0"),
+        ("presence_penalty", 0.5, "presence_penalty is not supported"),
+        ("frequency_penalty", -1.0, "frequency_penalty is not supported"),
+        ("logit_bias", {"81": 5.0}, "logit_bias is not supported"),
+        ("echo", True, "echo is not supported"),
+        ("best_of", 2, "best_of must be 1"),
+    ],
+)
+def test_fields_that_would_change_the_answer_are_refused(
+    openai_server: LocalServer, field: str, value: Any, reason: str
+) -> None:
+    if field not in ("echo", "best_of"):  # chat has neither
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], field: value}
+        code, detail = refusal(openai_server, "/chat/completions", body)
+        assert code == 400 and reason in detail and field in detail
+    code, detail = refusal(
+        openai_server, "/completions", {"model": "tiny", "prompt": "hi", field: value}
+    )
+    assert code == 400 and reason in detail and field in detail
+
+
+def test_fields_that_cannot_change_a_greedy_answer_are_accepted_and_unknown_ones_refused(
+    openai_server: LocalServer,
+) -> None:
+    plain = {"model": "tiny", "prompt": "Review: fine\nLabel:", "max_tokens": 3}
+    expected = post(openai_server, "/completions", plain)["choices"][0]["text"]
+    neutral = {"temperature": 0, "n": 1, "stream": False, "presence_penalty": 0, "logit_bias": {}}
+    ignored = {"top_p": 0.1, "seed": 7, "user": "someone"}
+    answer = post(openai_server, "/completions", plain | neutral | ignored)
+    assert answer["choices"][0]["text"] == expected and len(answer["choices"]) == 1
+    code, detail = refusal(openai_server, "/completions", plain | {"tools": []})
+    assert code == 422 and "tools" in detail and "Extra inputs are not permitted" in detail
+
+
+def test_chat_honours_max_completion_tokens(openai_server: LocalServer) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}]}
+    by_old_name = post(openai_server, "/chat/completions", body | {"max_tokens": 2})
+    by_new_name = post(openai_server, "/chat/completions", body | {"max_completion_tokens": 2})
+    assert by_new_name["choices"][0]["message"] == by_old_name["choices"][0]["message"]
+    assert by_new_name["usage"] == by_old_name["usage"]
+    assert by_new_name["usage"]["completion_tokens"] <= 2
+    both = body | {"max_tokens": 3, "max_completion_tokens": 2}
+    code, detail = refusal(openai_server, "/chat/completions", both)
+    assert code == 400 and "disagree" in detail
+    code, detail = refusal(openai_server, "/chat/completions", body | {"top_logprobs": 2})
+    assert code == 400 and "top_logprobs needs logprobs" in detail
+
+
+def test_a_prompt_longer_than_the_context_names_the_limit(
+    openai_server: LocalServer, tiny: Backbone
+) -> None:
+    body = {"model": "tiny", "prompt": "x " * 3000, "max_tokens": 1}
+    code, detail = refusal(openai_server, "/completions", body)
+    assert code == 400 and f"the model's {tiny.max_length}-token context" in detail
+    assert f"at most {tiny.max_length - 1} fit" in detail

@@ -2,8 +2,22 @@
 `/v1/chat/completions`, greedy decoding with token log-probabilities.
 
 This lets any OpenAI client (SuperICL's HTTP backend included) talk to the local model, and lets
-tests run that client against a real server. Decoding is always greedy: a `temperature` in the
-request is accepted and ignored.
+tests run that client against a real server.
+
+Every request field is honoured or refused, never silently dropped:
+- honoured: `model`, `prompt` / `messages`, `max_tokens` (chat: or `max_completion_tokens`),
+  `stop`, `logprobs`, `top_logprobs`;
+- accepted and ignored because they cannot change a greedy answer: `top_p` (the most likely
+  token is in every nucleus), `seed` (greedy decoding draws nothing), `user` (metadata);
+- accepted only at the value that means greedy, one choice, no streaming, and refused with 400
+  otherwise: `temperature` 0 (the default here, unlike OpenAI's 1), `n` 1, `best_of` 1,
+  `stream` false, `stream_options` null, `echo` false, `suffix` null, `presence_penalty` 0,
+  `frequency_penalty` 0, `logit_bias` empty;
+- any other field is refused with 422 (pydantic's "Extra inputs are not permitted").
+Bad text answers 400 with the reason: an empty prompt (0 tokens: there is nothing to continue,
+and this tokenizer's only BOS-like token is the chat turn marker), text that is not valid
+Unicode (a lone surrogate such as "\\ud800"), or a prompt that leaves no room for `max_tokens`
+in the model's context.
 """
 
 from __future__ import annotations
@@ -14,7 +28,7 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from frozenlm.backbone import Backbone
 from frozenlm.engine.generation import Generation, GenerationConfig, generate_detailed
@@ -22,28 +36,87 @@ from frozenlm.engine.generation import Generation, GenerationConfig, generate_de
 MAX_TOP_LOGPROBS = 20
 
 
-class CompletionRequest(BaseModel):
+class _Request(BaseModel):
+    """The fields both routes share; unknown fields are refused (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     model: str
-    prompt: str
     max_tokens: int = Field(16, ge=1, le=1024)
-    temperature: float = 0.0
-    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     stop: str | list[str] | None = None
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+class CompletionRequest(_Request):
+    prompt: str
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int = Field(1, ge=1)
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: str
     content: str
 
 
-class ChatRequest(BaseModel):
-    model: str
+class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int = Field(16, ge=1, le=1024)
-    temperature: float = 0.0
+    max_completion_tokens: int | None = Field(None, ge=1, le=1024)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    stop: str | list[str] | None = None
+
+
+REFUSED: dict[str, tuple[Any, str]] = {
+    "temperature": (0.0, "decoding is greedy: temperature must be 0"),
+    "n": (1, "n must be 1: greedy decoding gives one choice"),
+    "best_of": (1, "best_of must be 1: greedy decoding gives one choice"),
+    "stream": (False, "streaming is not supported"),
+    "stream_options": (None, "stream_options is not supported: streaming is not supported"),
+    "echo": (False, "echo is not supported"),
+    "suffix": (None, "suffix (insertion) is not supported"),
+    "presence_penalty": (0.0, "presence_penalty is not supported: it must be 0"),
+    "frequency_penalty": (0.0, "frequency_penalty is not supported: it must be 0"),
+    "logit_bias": (None, "logit_bias is not supported"),
+}
+"""Fields accepted only at the value (first) that greedy decoding honours; the reason (second)
+why any other value is refused."""
+
+
+def check_supported(request: _Request) -> None:
+    """Refuse (400) a field set to a value that would change the answer if it were honoured."""
+    for field, value in request.model_dump(include=set(REFUSED)).items():
+        neutral, reason = REFUSED[field]
+        if value != neutral and not (neutral is None and not value):
+            raise HTTPException(400, f"{reason} (got {field}={value!r})")
+
+
+def check_unicode(what: str, text: str) -> None:
+    """Refuse (400) text holding a lone surrogate, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise HTTPException(
+            400,
+            f"{what} is not valid Unicode: a lone surrogate "
+            f"{text[err.start]!r} at character {err.start}",
+        ) from None
+
+
+def check_stop(stop: str | list[str] | None) -> None:
+    for i, text in enumerate([stop] if isinstance(stop, str) else stop or []):
+        check_unicode(f"stop[{i}]", text)
 
 
 def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
@@ -57,6 +130,8 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
             raise HTTPException(404, f"model '{requested}' is not served here; use '{name}'")
 
     async def run(ids: list[int], max_tokens: int, top: int, stop: Any) -> Generation:
+        if not ids:
+            raise HTTPException(400, "prompt is empty: it has 0 tokens, give some text")
         room = backbone.max_length - max_tokens
         if len(ids) > room:
             raise HTTPException(
@@ -96,6 +171,11 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> dict[str, Any]:
         check_model(request.model)
+        check_supported(request)
+        check_unicode("prompt", request.prompt)
+        check_stop(request.stop)
+        if not request.prompt:
+            raise HTTPException(400, "prompt is empty: give some text to continue")
         ids = list(backbone.tokenizer(request.prompt)["input_ids"])
         top = request.logprobs or 0
         out = await run(ids, request.max_tokens, top, request.stop)
@@ -112,6 +192,24 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: ChatRequest) -> dict[str, Any]:
         check_model(request.model)
+        check_supported(request)
+        for i, message in enumerate(request.messages):
+            check_unicode(f"messages[{i}].role", message.role)
+            check_unicode(f"messages[{i}].content", message.content)
+        check_stop(request.stop)
+        max_tokens = request.max_tokens
+        if request.max_completion_tokens is not None:
+            if "max_tokens" in request.model_fields_set and max_tokens != (
+                request.max_completion_tokens
+            ):
+                raise HTTPException(
+                    400,
+                    f"max_tokens ({max_tokens}) and max_completion_tokens "
+                    f"({request.max_completion_tokens}) disagree; give one",
+                )
+            max_tokens = request.max_completion_tokens
+        if request.top_logprobs is not None and not request.logprobs:
+            raise HTTPException(400, "top_logprobs needs logprobs: true")
         messages = [m.model_dump() for m in request.messages]
         if getattr(backbone.tokenizer, "chat_template", None):
             text = backbone.tokenizer.apply_chat_template(
@@ -121,7 +219,7 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
             text = "\n\n".join(m["content"] for m in messages)
         ids = list(backbone.tokenizer(str(text), add_special_tokens=False)["input_ids"])
         top = (request.top_logprobs or 0) if request.logprobs else 0
-        out = await run(ids, request.max_tokens, top, request.stop)
+        out = await run(ids, max_tokens, top, request.stop)
         logprobs = None
         if request.logprobs:
             logprobs = {
@@ -137,6 +235,6 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
                 ]
             }
         choice = {"message": {"role": "assistant", "content": out.text}, "logprobs": logprobs}
-        return envelope("chat.completion", choice, len(ids), out, request.max_tokens)
+        return envelope("chat.completion", choice, len(ids), out, max_tokens)
 
     return app
