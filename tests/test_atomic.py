@@ -125,7 +125,9 @@ def test_output_paths_are_checked_with_one_sentence(tmp_path: Path) -> None:
     )
     assert check_output_folder(tmp_path / "dir") == tmp_path / "dir"  # a folder to write into
     assert not (tmp_path / "new").exists()  # checking creates nothing
-    build_folder(
-        tmp_path / "empty", lambda t: (t / "done.json").write_text("{}"), marker="done.json"
-    )
+    build_folder(tmp_path / "empty", _marker_only, marker="done.json")
     check_output_folder(tmp_path / "empty", "OUT", marker="done.json")
+
+
+def _marker_only(folder: Path) -> None:
+    (folder / "done.json").write_text("{}")

@@ -9,6 +9,7 @@ import pytest
 
 import frozenlm
 import frozenlm.backbone
+import frozenlm.errors
 from frozenlm.cli.common import DTYPES
 from frozenlm.cli.main import COMMANDS, build_parser, main
 from frozenlm.compare.runner import CompareConfig
@@ -110,3 +111,59 @@ def test_no_library_module_imports_the_cli() -> None:
     library = [p for p in package.rglob("*.py") if "cli" not in p.relative_to(package).parts]
     importers = [p for p in library if "frozenlm.cli" in p.read_text() and p.name != "__main__.py"]
     assert importers == []
+
+
+def _no_backbone(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the backbone was loaded: work started before the output was checked")
+
+
+def _output_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    folder, file = str(tmp / "folder"), str(tmp / "file")
+    return [
+        (["eval", "--task", "trec", "--out", folder], f"--out '{folder}' is a folder; expected"),
+        (["eval", "--task", "trec", "--out", f"{file}/r.json"], f"'{file}' is a file, not a"),
+        (["train", "--task", "trec", "--out", file], f"--out '{file}' is a file; expected a"),
+        (["compare", "--out", file], f"--out '{file}' is a file; expected a folder"),
+        (["supericl", "--task", "trec", "--out", f"{folder}.json"], "is a folder; expected"),
+        (["supericl", "--task", "trec", "--out", f"{tmp}/s.json"], "--out's .jsonl sibling"),
+        (["supericl", "--task", "trec", "--out", f"{tmp}/p.json"], "--out's .plugin sibling"),
+        (["export-peft", str(tmp), file], f"OUT '{file}' is a file; expected a folder"),
+        (["import-peft", str(tmp), folder, "--task", "trec"], "does not hold plugin.json"),
+    ]
+
+
+def test_output_paths_are_checked_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("keep")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "s.jsonl").mkdir()
+    (tmp_path / "p.plugin").write_text("x")
+    monkeypatch.setattr(frozenlm.backbone, "resolve_backbone", _no_backbone)
+    for argv, message in _output_cases(tmp_path):
+        assert main([*argv, "--backbone", "tiny"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("frozenlm: error: ") and message in err, (argv, err)
+        assert len(err.splitlines()) == 1
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_allow_pickle_weights_reaches_the_backbone_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[object] = []
+
+    def loader(spec: str, **kwargs: object) -> None:
+        seen.append(kwargs["allow_pickle"])
+        raise frozenlm.errors.ConfigError("stop here")
+
+    monkeypatch.setattr(frozenlm.backbone, "resolve_backbone", loader)
+    argv = ["eval", "--task", "trec", "--backbone", str(tmp_path)]
+    assert main(argv) == 2
+    assert main([*argv, "--allow-pickle-weights"]) == 2
+    assert seen == [False, True]
+    parser = build_parser()
+    for name in ("eval", "train", "compare", "supericl", "export-peft", "import-peft"):
+        assert "--allow-pickle-weights" in _options(parser, name), name

@@ -101,6 +101,39 @@ def test_an_ensemble_combines_what_each_prompt_scores_alone(
     assert f"  {runs[0]}: " in printed and "majority vote: " in printed
 
 
+def test_the_task_file_a_plugin_was_trained_on_is_accepted_by_eval(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train --task FILE` then `eval --plugin DIR --task FILE`: the file's task is matched by
+    its name and split hash, alone and in an ensemble; a file whose data changed is refused."""
+    folder, task = trained
+    run0, both = str(folder / "run0"), f"{folder / 'run0'},{folder / 'run1'}"
+    by_file, by_name = tmp_path / "file.json", tmp_path / "name.json"
+    argv = ["eval", "--plugin", run0, "--backbone", "tiny", "--limit", "4"]
+    assert main([*argv, "--task", str(task), "--out", str(by_file)]) == 0
+    assert main([*argv, "--task", "toy", "--out", str(by_name)]) == 0
+    report, reference = json.loads(by_file.read_text()), json.loads(by_name.read_text())
+    assert report["task"] == "toy" and report["predictions"] == reference["predictions"]
+    ensemble = ["eval", "--plugin", both, "--backbone", "tiny", "--limit", "4", "--task"]
+    assert main([*ensemble, str(task)]) == 0
+    assert "majority vote: " in capsys.readouterr().out
+
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    changed_task = changed / "task.json"
+    changed_task.write_text(task.read_text())
+    rows = (folder / "data.jsonl").read_text().splitlines()
+    (changed / "data.jsonl").write_text("\n".join(rows[:-2]) + "\n")
+    for command in (argv, ensemble[:-1]):
+        assert main([*command, "--task", str(changed_task)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"frozenlm: error: '{changed_task}' gives task 'toy' other splits than the plug-in "
+            f"in '{run0}' was trained on (its data changed since training); evaluate on the "
+            "data it was trained on, or train again"
+        )
+
+
 def test_an_ensemble_is_evaluated_on_one_task(
     trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -194,4 +227,6 @@ def test_training_into_an_existing_run_needs_resume(
         "2",
     ]
     assert main(argv) == 2
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume to continue it, --overwrite to replace it" in err
+    assert len(err.strip().splitlines()) == 1

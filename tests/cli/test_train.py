@@ -60,3 +60,17 @@ def test_generator_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFix
         "frozenlm: error: task-cap must be at least 1, got 0",
     ]
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_overwrite_replaces_a_finished_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--task", "trec", "--out", str(out), *SHORT]
+    assert main(argv) == 0
+    (out / "best").rename(out / ".best.old-0123abcd")  # killed while swapping best/ in
+    assert main(argv) == 2
+    assert "already holds a training run (last, .best.old-0123abcd)" in capsys.readouterr().err
+    assert main([*argv, "--seed", "3", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last"]
+    assert json.loads((out / "best" / "plugin.json").read_text())["train_config"]["seed"] == 3

@@ -56,6 +56,12 @@ def add_backbone(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="default (embedded SmolLM2-135M-Instruct), tiny (random test model) or a model folder",
     )
+    parser.add_argument(
+        "--allow-pickle-weights",
+        action="store_true",
+        help="load a backbone folder's pickled pytorch_model.bin (unsafe: pickle runs code); "
+        "safetensors are always preferred",
+    )
     add_device_options(parser)
 
 
@@ -63,7 +69,12 @@ def load_backbone(args: argparse.Namespace) -> Backbone:
     """The backbone the backbone options name."""
     from frozenlm.backbone import resolve_backbone
 
-    return resolve_backbone(args.backbone, device=args.device, dtype=args.dtype)
+    return resolve_backbone(
+        args.backbone,
+        device=args.device,
+        dtype=args.dtype,
+        allow_pickle=args.allow_pickle_weights,
+    )
 
 
 def check_output_file(path: str | None, option: str = "--out") -> None:
