@@ -32,7 +32,8 @@ def test_a_record_reads_back_as_written(tmp_path: Path, tiny: Backbone) -> None:
 
 def test_where_a_run_happens_is_not_part_of_the_experiment() -> None:
     command = ["train", "--task", "trec", "--device", "cuda:0", "--dtype=bfloat16", "--resume",
-               "--out", "o", "--backbone=tiny", "--steps", "2"]  # fmt: skip
+               "--out", "o", "--backbone=tiny", "--steps", "2", "--overwrite",
+               "--allow-pickle-weights"]  # fmt: skip
     assert experiment_key(command) == "train --task trec --steps 2"
 
 

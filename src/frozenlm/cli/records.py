@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from frozenlm.runs.records import RunRecord
 
 # Options a replay replaces or drops: option -> number of values it takes.
-_REPLACED = {"--backbone": 1, "--resume": 0, "--device": 1, "--dtype": 1}
+_REPLACED = {"--backbone": 1, "--resume": 0, "--overwrite": 0, "--device": 1, "--dtype": 1}
 
 
 def add_runs_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +115,8 @@ def replay_argv(
     device: str | None = None,
     dtype: str | None = None,
 ) -> list[str]:
-    """The record's command on `backbone`: `--backbone` replaced, `--resume` dropped, and every
+    """The record's command on `backbone`: `--backbone` replaced, `--resume` and `--overwrite`
+    dropped, and every
     `--out` given `out_suffix` (default: `backbone_slug(backbone)`) so a replay never
     overwrites the original's output. Each `--plugin` folder of `frozenlm eval` gets the same
     suffix: it names the output of the train run's replay on that backbone, so replaying a

@@ -37,7 +37,15 @@ RUNS_ENV = "FROZENLM_RUNS"
 KINDS = ("train", "eval", "compare")
 VERSIONED = ("frozenlm", "torch", "transformers", "peft")
 # Options that say where a run happens, not what it is: option -> number of values it takes.
-NOT_THE_EXPERIMENT = {"--backbone": 1, "--out": 1, "--resume": 0, "--device": 1, "--dtype": 1}
+NOT_THE_EXPERIMENT = {
+    "--backbone": 1,
+    "--out": 1,
+    "--resume": 0,
+    "--overwrite": 0,
+    "--device": 1,
+    "--dtype": 1,
+    "--allow-pickle-weights": 0,
+}
 _INTERVAL_FIELDS = ("value", "low", "high", "baseline", "n")
 
 
