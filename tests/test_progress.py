@@ -26,10 +26,14 @@ def test_off_a_terminal_a_bar_logs_lines(
 def test_work_shorter_than_the_interval_logs_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Not even when every step sets a new postfix (training shows its loss)."""
     monkeypatch.setenv("FROZENLM_PROGRESS_SECONDS", "30")
     with caplog.at_level(logging.INFO, logger="frozenlm.progress"):
-        for _ in progress(range(3), desc="quick"):
-            pass
+        bar = progress(total=3, desc="quick")
+        for step in range(3):
+            bar.update(1)
+            bar.set_postfix(loss=f"{step:.3f}")
+        bar.close()
     assert not [r for r in caplog.records if r.name == "frozenlm.progress"]
 
 

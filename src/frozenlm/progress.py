@@ -38,6 +38,16 @@ class _LogLines(io.TextIOBase):
         pass
 
 
+class _LoggedBar(tqdm):
+    """A bar that logs: a new postfix waits for the next interval instead of forcing a line."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = False, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = False) -> None:
+        super().set_postfix_str(s, refresh=False)
+
+
 def _interval() -> float:
     try:
         return max(0.0, float(os.environ.get("FROZENLM_PROGRESS_SECONDS", DEFAULT_SECONDS)))
@@ -52,7 +62,7 @@ def progress(iterable: Iterable[Any] | None = None, **options: Any) -> Any:
         return tqdm(iterable, **options)
     seconds = _interval()
     options.pop("leave", None)
-    return tqdm(
+    return _LoggedBar(
         iterable,
         file=_LogLines(),
         delay=seconds,

@@ -117,11 +117,11 @@ def replay_argv(
 ) -> list[str]:
     """The record's command on `backbone`: `--backbone` replaced, `--resume` and `--overwrite`
     dropped, and every `--out` given `out_suffix` (default: `backbone_slug(backbone)`) so a
-    replay never overwrites the original's output. Each `--plugin` folder of `frozenlm eval` gets the same
-    suffix: it names the output of the train run's replay on that backbone, so replaying a
-    train record and then the evals that read its plug-in repeats the whole chain (SuperICL's
-    `--plugin` is a user's model folder and is kept). `--device` and `--dtype` stay as recorded
-    unless given. Top-level options (`--runs-dir`, ...) are not included."""
+    replay never overwrites the original's output. Each `--plugin` folder of `frozenlm eval`
+    gets the same suffix: it names the output of the train run's replay on that backbone, so
+    replaying a train record and then the evals that read its plug-in repeats the whole chain
+    (SuperICL's `--plugin` is a user's model folder and is kept). `--device` and `--dtype` stay
+    as recorded unless given. Top-level options (`--runs-dir`, ...) are not included."""
     suffix = out_suffix or backbone_slug(backbone)
     is_file = record.kind == "eval"  # eval --out is a JSON file; train and compare write folders
     given = {"--device": device, "--dtype": dtype}
