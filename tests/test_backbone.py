@@ -16,9 +16,8 @@ from frozenlm.backbone import (
     TinyConfig,
     _is_complete,
     resolve_backbone,
-    resolve_device,
-    resolve_dtype,
 )
+from frozenlm.devices import DTYPES, resolve_device, resolve_dtype
 from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.engine.splice import splice
 from frozenlm.errors import ConfigError
@@ -53,7 +52,7 @@ def test_the_fingerprint_names_the_weights_in_every_dtype(tiny: Backbone, tmp_pa
     assert tiny.fingerprint == TINY_FINGERPRINT
     for dtype in ("bfloat16", "float16"):
         cast = Backbone.load("tiny", device="cpu", dtype=dtype)
-        assert cast.dtype == backbone_module.DTYPES[dtype]
+        assert cast.dtype == DTYPES[dtype]
         assert cast.fingerprint == TINY_FINGERPRINT
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from frozenlm.errors import AssetError
@@ -29,3 +30,8 @@ def package_file(package: str, relative: str) -> Path:
             f"reinstall it with `{INSTALL_COMMAND}`"
         )
     return path
+
+
+def cache_dir() -> Path:
+    """frozenlm's cache folder: `$FROZENLM_CACHE`, default `~/.cache/frozenlm`."""
+    return Path(os.environ.get("FROZENLM_CACHE", Path.home() / ".cache" / "frozenlm"))

@@ -6,10 +6,9 @@
 random-weight Llama with the embedded tokenizer, for tests.
 
 Every load takes `device` ("auto", "cpu", "cuda", "cuda:N", "mps") and `dtype` ("auto", "float32",
-"bfloat16", "float16"). "auto" picks CUDA, then MPS, then the CPU; its dtype is bfloat16 on a CUDA
-device that supports it and float32 everywhere else (the CPU, MPS, older GPUs): float16 can
-overflow in activations, so it is there only when asked for. On the CPU "auto" is float32, so
-every CPU number is what it was before device/dtype existed.
+"bfloat16", "float16"), resolved by `frozenlm.devices`: "auto" is CUDA in bfloat16 when present,
+else the CPU in float32. The fingerprint (`frozenlm.fingerprint`) names the stored weights
+whatever the dtype they are loaded in.
 
 The backbone never trains: it is in eval mode and no parameter requires grad, by construction.
 Plug-ins (soft prompts, generators, connectors) feed it `inputs_embeds`; the lm head is applied
@@ -18,22 +17,16 @@ only at the positions a loss or score needs (`lm_logits`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import random
-import re
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-import transformers
-from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -46,9 +39,11 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from frozenlm.assets import package_file
-from frozenlm.atomic import atomic_write_json, build_folder
+from frozenlm.assets import cache_dir, package_file
+from frozenlm.atomic import build_folder
+from frozenlm.devices import resolve_device, resolve_dtype, seeded_rng
 from frozenlm.errors import ConfigError
+from frozenlm.fingerprint import folder_fingerprint, safetensors_files, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -57,121 +52,6 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _MARKER = "frozenlm.json"  # written last into a converted folder; its presence means "complete"
 _CACHE_FORMAT = 1
-
-
-def cache_dir() -> Path:
-    """frozenlm's cache folder: `$FROZENLM_CACHE`, default `~/.cache/frozenlm`."""
-    return Path(os.environ.get("FROZENLM_CACHE", Path.home() / ".cache" / "frozenlm"))
-
-
-DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-"""What `device` accepts (N is a CUDA device index)."""
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-"""What `dtype` accepts besides "auto"."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`device` as a torch.device; "auto" is CUDA, else MPS, else the CPU. A device this machine
-    does not have raises ConfigError."""
-    text = str(device)
-    if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    cuda = re.fullmatch(r"cuda(?::(\d+))?", text)
-    if cuda:
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device '{text}' needs CUDA, which this machine does not have")
-        index = int(cuda.group(1) or 0)
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device '{text}' does not exist: this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to "
-                f"cuda:{torch.cuda.device_count() - 1}"
-            )
-        return torch.device(text)
-    if text == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError("device 'mps' needs Apple's Metal backend, which is not available")
-        return torch.device("mps")
-    raise ConfigError(f"device '{text}' is not one of {', '.join(DEVICES)}")
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """`dtype` as a torch.dtype; "auto" is bfloat16 on a CUDA device that supports it, float32
-    everywhere else. Anything but auto, float32, bfloat16 and float16 raises ConfigError."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise ConfigError(f"dtype {dtype} is not one of auto, {', '.join(DTYPES)}")
-        return dtype
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype '{dtype}' is not one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-@contextmanager
-def seeded_rng(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """Run the block with torch's global RNG seeded with `seed` (the CPU generator, and the
-    generators of `device`'s type when it is a GPU), then give the caller back every RNG as it
-    was, python's `random` included (a resumed run restores both). Inside, the numbers are those
-    of `torch.manual_seed(seed)`; outside, library code leaves no trace on the caller's RNG."""
-    kind = torch.device(device).type
-    cuda = list(range(torch.cuda.device_count())) if kind == "cuda" else []
-    python = random.getstate()
-    mps = torch.mps.get_rng_state() if kind == "mps" else None
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        try:
-            torch.random.default_generator.manual_seed(seed)
-            if kind == "cuda":
-                torch.cuda.manual_seed_all(seed)
-            if kind == "mps":
-                torch.mps.manual_seed(seed)
-            yield
-        finally:
-            random.setstate(python)
-            if mps is not None:
-                torch.mps.set_rng_state(mps)
-
-
-def _digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """Hash (name, dtype, shape, bytes) of each tensor, in the order given; floating tensors are
-    hashed as fp32 on the CPU, so a bf16 copy of fp32-exact weights hashes like the original."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in tensors:
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        if flat.is_floating_point():
-            flat = flat.to(torch.float32)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A short hash of every named tensor (name, dtype, shape, bytes) of `model`, floating
-    tensors taken as fp32 (for an fp32 model: exactly its tensors). Use it on the fp32 weights:
-    a model cast to bf16 has lost bits and hashes differently."""
-    return _digest(sorted(model.state_dict().items()))
-
-
-def _safetensors_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = json.loads(index.read_text()).get("weight_map", {}).values()
-        return [folder / name for name in sorted(set(shards))]
-    single = folder / "model.safetensors"
-    return [single] if single.is_file() else sorted(folder.glob("*.safetensors"))
 
 
 _PICKLED_WEIGHTS = ("pytorch_model.bin.index.json", "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -203,7 +83,7 @@ def _weights_format(folder: Path, *, allow_pickle: bool) -> bool:
             f"backbone folder '{folder}': config.json holds a {type(config).__name__}, "
             "expected a JSON object"
         )
-    if _safetensors_files(folder):
+    if safetensors_files(folder):
         return True
     pickled = sorted({f for pattern in _PICKLED_WEIGHTS for f in folder.glob(pattern)})
     if not pickled:
@@ -219,59 +99,6 @@ def _weights_format(folder: Path, *, allow_pickle: bool) -> bool:
         )
     log.warning("reading pickled weights %s (allowed by allow_pickle)", pickled[0])
     return False
-
-
-def folder_fingerprint(model: nn.Module, folder: Path) -> str:
-    """The fingerprint of the weights stored in `folder`, whatever dtype `model` (loaded from it)
-    has now: `weights_fingerprint` of the fp32 model, computed from the stored tensors.
-
-    Each state-dict entry of `model` is read from the folder's safetensors files one tensor at a
-    time (`safe_open`) and upcast to fp32 on the CPU; a tied weight the files store once is read
-    under the name they store. An entry the files lack (or a folder without safetensors) falls
-    back to the loaded tensor, which is exact only if the load dtype holds the stored values.
-    The result is cached under `cache_dir()/fingerprints`, keyed by the files' paths, sizes and
-    modification times and the transformers version (which decides the state-dict names).
-    """
-    files = _safetensors_files(folder)
-    stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files] + [
-        transformers.__version__
-    ]
-    key = hashlib.blake2b(json.dumps(stamp).encode(), digest_size=16).hexdigest()
-    cached = cache_dir() / "fingerprints" / f"{key}.json"
-    if files and cached.is_file():
-        try:
-            return str(json.loads(cached.read_text())["fingerprint"])
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass
-    stored: dict[str, Path] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            stored.update(dict.fromkeys(handle.keys(), file))
-    state = model.state_dict()
-    aliases: dict[tuple[int, tuple[int, ...]], list[str]] = {}
-    for name, tensor in state.items():
-        aliases.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
-
-    def source(name: str) -> str | None:
-        tensor = state[name]
-        names = aliases[(tensor.data_ptr(), tuple(tensor.shape))]
-        return next((n for n in [name, *names] if n in stored), None)
-
-    with ExitStack() as stack:
-        handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in files}
-
-        def entries() -> Iterator[tuple[str, torch.Tensor]]:
-            for name in sorted(state):
-                stored_name = source(name)
-                if stored_name is None:
-                    yield name, state[name]
-                else:
-                    yield name, handles[stored[stored_name]].get_tensor(stored_name)
-
-        fingerprint = _digest(entries())
-    if files:
-        atomic_write_json(cached, {"fingerprint": fingerprint, "files": stamp})
-    return fingerprint
 
 
 @contextmanager
@@ -384,8 +211,7 @@ def build_tiny_model(vocab_size: int, config: TinyConfig = TinyConfig()) -> PreT
         max_position_embeddings=config.max_position_embeddings,
         tie_word_embeddings=True,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
+    with seeded_rng(config.seed):
         model = LlamaForCausalLM(llama)
     return model
 

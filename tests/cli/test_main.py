@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import frozenlm
-import frozenlm.backbone
+import frozenlm.devices
 import frozenlm.errors
 from frozenlm.cli.common import DTYPES
 from frozenlm.cli.main import COMMANDS, build_parser, main
@@ -91,7 +91,7 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     assert (supericl.plugin_epochs, supericl.plugin_max_train) == (small.epochs, small.max_train)
     compare = build_parser("compare").parse_args(["compare", "--out", "o"])
     assert (compare.tasks, compare.budget) == (",".join(CompareConfig().tasks), "quick")
-    assert ("auto", *frozenlm.backbone.DTYPES) == DTYPES
+    assert ("auto", *frozenlm.devices.DTYPES) == DTYPES
 
 
 def test_help_does_not_load_torch() -> None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from frozenlm.tasks import Task
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-"""`--dtype` choices: "auto" and `frozenlm.backbone.DTYPES` (not imported: it loads torch)."""
+"""`--dtype` choices: "auto" and `frozenlm.devices.DTYPES` (not imported: it loads torch)."""
 # Namespace entries that are not a run's options: left out of its record's config.
 NOT_OPTIONS = frozenset(
     {"func", "argv", "command", "verbose", "no_record", "runs_dir", "replay_of"}

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from frozenlm.backbone import Backbone, seeded_rng
+from frozenlm.backbone import Backbone
 from frozenlm.codec import to_json
+from frozenlm.devices import seeded_rng
 from frozenlm.evaluation.evaluate import EvalConfig, Report
 from frozenlm.plugins.checkpoint import load_checkpoint, save_checkpoint
 from frozenlm.plugins.prompt_generator import PromptGeneratorConfig

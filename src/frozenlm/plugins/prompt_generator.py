@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from frozenlm.backbone import Backbone, seeded_rng
+from frozenlm.backbone import Backbone
+from frozenlm.devices import seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.protocol import count_trainable
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, initial_prompt

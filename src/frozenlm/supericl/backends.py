@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from frozenlm.assets import cache_dir
 from frozenlm.atomic import atomic_write_json
-from frozenlm.backbone import Backbone, cache_dir
+from frozenlm.backbone import Backbone
 from frozenlm.engine.generation import GenerationConfig, generate
 from frozenlm.errors import ConfigError, FrozenLMError
 from frozenlm.evaluation.evaluate import EvalConfig, label_candidates, prompt_rows, score_prompts

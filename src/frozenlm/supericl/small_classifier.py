@@ -27,7 +27,8 @@ from transformers import (
 )
 
 from frozenlm.atomic import build_folder
-from frozenlm.backbone import quiet_loading, seeded_rng
+from frozenlm.backbone import quiet_loading
+from frozenlm.devices import seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError, DataError
 from frozenlm.progress import progress
 from frozenlm.prompts.demos import default_encoder_path

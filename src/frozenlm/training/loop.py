@@ -26,7 +26,8 @@ from torch import nn
 from transformers.optimization import Adafactor
 
 from frozenlm.atomic import check_output_folder, leftovers, remove_folder
-from frozenlm.backbone import Backbone, seeded_rng
+from frozenlm.backbone import Backbone
+from frozenlm.devices import seeded_rng
 from frozenlm.engine.batching import Row
 from frozenlm.engine.loss import batch_loss
 from frozenlm.errors import ConfigError

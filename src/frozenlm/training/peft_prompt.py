@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-from frozenlm.backbone import Backbone, seeded_rng
+from frozenlm.backbone import Backbone
+from frozenlm.devices import seeded_rng
 from frozenlm.engine.splice import IGNORE_INDEX
 from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, SoftPromptSet
 from frozenlm.progress import progress
