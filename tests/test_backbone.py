@@ -14,9 +14,9 @@ from frozenlm.atomic import build_folder
 from frozenlm.backbone import (
     Backbone,
     TinyConfig,
-    _is_complete,
     resolve_backbone,
 )
+from frozenlm.backbones.catalog import is_complete
 from frozenlm.devices import DTYPES, resolve_device, resolve_dtype
 from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.engine.splice import splice
@@ -257,7 +257,7 @@ def test_a_failed_conversion_leaves_nothing_trusted(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     final.mkdir()
     (final / "config.json").write_text("{}")
-    assert not _is_complete(final)  # a folder without the completion marker is never trusted
+    assert not is_complete(final)  # a folder without the completion marker is never trusted
 
 
 @pytest.mark.slow
@@ -272,5 +272,5 @@ def test_kill_during_embedded_conversion_leaves_no_trusted_cache(tmp_path: Path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     final = tmp_path / "smollm2-135m-instruct"
-    assert not _is_complete(final)
+    assert not is_complete(final)
     assert not final.exists()

