@@ -334,6 +334,11 @@ class Backbone:
         return weights_fingerprint(self.model)
 
     @property
+    def weights_folder(self) -> Path | None:
+        """The folder the weights were loaded from (None for the in-memory tiny model)."""
+        return self._weights_folder
+
+    @property
     def hidden_size(self) -> int:
         return int(self._embeddings.weight.shape[1])
 

@@ -136,13 +136,14 @@ def test_scale_of_one_record_includes_its_replays(
     out = folder / "scale"
     assert main(["--runs-dir", str(folder / "runs"), "scale", record.id, "--out", str(out)]) == 0
     table = [x for x in (out / "scale.md").read_text().splitlines() if x.startswith("| ")]
+    # the backbones with their records, then the trec table: one row per backbone
     assert [x.split(" | ")[0] for x in table] == [
         "| backbone",
         "| tiny-random-llama-s0",
         "| wide-tiny",
-    ]
+    ] * 2
     accuracy = f"{replay.metrics['trec']['accuracy']['value']:.3f}"
-    assert replay.id in table[2] and accuracy in table[2]
+    assert replay.id in table[2] and accuracy in table[5]
     assert (out / "scale.png").read_bytes().startswith(b"\x89PNG")
     assert "| wide-tiny |" in capsys.readouterr().out
 

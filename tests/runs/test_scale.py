@@ -4,12 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from frozenlm.backbone import Backbone
-from frozenlm.errors import ConfigError
+from frozenlm.backbone import Backbone, TinyConfig
 from frozenlm.runs.records import load_record, write_record
-from frozenlm.runs.scale import scale_table
+from frozenlm.runs.scale import scale_markdown, scale_table
 
 EVAL = ["eval", "--task", "trec", "--backbone", "tiny", "--limit", "8"]
 
@@ -21,13 +18,45 @@ def _record(runs: Path, backbone: Backbone, command: list[str], value: float) ->
                         metrics=metrics, costs={}, outputs=[], runs=runs)  # fmt: skip
 
 
-def test_scale_refuses_records_of_different_experiments(tmp_path: Path, tiny: Backbone) -> None:
+def test_different_experiments_never_share_a_line(tmp_path: Path, tiny: Backbone) -> None:
     paths = [
         _record(tmp_path, tiny, [*EVAL, "--out", "a.json"], 0.5),
-        _record(tmp_path, tiny, ["eval", "--task", "trec", "--limit", "9"], 0.5),
+        _record(tmp_path, tiny, ["eval", "--task", "trec", "--limit", "9"], 0.6),
     ]
-    with pytest.raises(ConfigError, match="different experiments"):
-        scale_table([load_record(p) for p in paths])
+    (row,) = scale_table([load_record(p) for p in paths])
+    assert sorted(row.metrics) == [
+        "eval --task trec --limit 8: trec accuracy",
+        "eval --task trec --limit 9: trec accuracy",
+    ]
+    assert [row.metrics[name]["value"] for name in sorted(row.metrics)] == [0.5, 0.6]
+
+
+def _compare_record(runs: Path, backbone: Backbone, values: dict[str, float]) -> Path:
+    metrics = {
+        f"sentiment/{method}/n={'all' if method == 'zero-shot' else 128}": {
+            "accuracy": {"value": v, "low": v - 0.05, "high": v + 0.05, "baseline": 0.6, "n": 80}
+        }
+        for method, v in values.items()
+    }
+    return write_record("compare", ["compare", "--tasks", "sentiment"], backbone=backbone,
+                        tasks={"sentiment": "x"}, config={}, metrics=metrics, costs={},
+                        outputs=[], runs=runs)  # fmt: skip
+
+
+def test_a_method_is_read_against_zero_shot_on_each_backbone(tmp_path: Path) -> None:
+    small, large = Backbone.tiny(), Backbone.tiny(TinyConfig(hidden_size=128))
+    records = [
+        load_record(_compare_record(tmp_path, small, {"zero-shot": 0.7, "lora": 0.5})),
+        load_record(_compare_record(tmp_path, large, {"zero-shot": 0.7, "lora": 0.9})),
+    ]
+    rows = scale_table(records)
+    text = scale_markdown(rows, [records[0].experiment])
+    table = [line for line in text.splitlines() if line.startswith("| tiny")]
+    assert table[-2].endswith("| 0.700 [0.650, 0.750] | 0.500 [0.450, 0.550] ▼ |")
+    assert table[-1].endswith("| 0.700 [0.650, 0.750] | 0.900 [0.850, 0.950] ▲ |")
+    assert "## sentiment accuracy" in text and "| lora n=128 |" in text
+    assert "- lora n=128: first above zero-shot at tiny-random-llama-s0 (" in text
+    assert "0.900 vs 0.700 (intervals apart)" in text
 
 
 def test_write_scale_writes_the_table_and_plot_and_sets_no_matplotlib_state(
@@ -43,7 +72,7 @@ from frozenlm.runs.records import load_record
 from frozenlm.runs.scale import write_scale
 text = write_scale([load_record({str(path)!r})], {str(tmp_path / "scale")!r})
 assert "| tiny-random-llama-s0 |" in text and "0.500 [0.400, 0.600]" in text, text
-assert "Majority-class baseline: trec accuracy 0.250." in text, text
+assert "## trec" in text and "Majority-class baseline: 0.250." in text, text
 assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
 assert raw(matplotlib.rcParams, "backend") == backend, "the backend was set"
 """

@@ -2,7 +2,7 @@
 # The scale study: three experiments recorded on the embedded default backbone, then replayed
 # with `frozenlm rerun RECORD --backbone NAME` on the others and drawn with `frozenlm scale`.
 # Records go to docs/results/scale/records (kept in the repository); outputs to runs/scale.
-# Needs: frozenlm models get gemma-3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b (one each).
+# Needs: frozenlm models get gemma-3-270m (and qwen2.5-coder-0.5b, qwen2.5-coder-1.5b).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export FROZENLM_RUNS=docs/results/scale/records
@@ -12,11 +12,19 @@ run() { echo "== $(date +%T) frozenlm $*"; /usr/bin/time -f "   %e s, %M KB max 
 
 # 1. Prompting on every backbone: calibrated zero-shot and 4-shot, sentiment, trec, topic
 #    (the quick budget: the first 80 test examples of each).
-run compare --tasks sentiment,trec,topic --methods zero-shot,few-shot --no-domain-shift \
-  --out runs/scale/prompting
-prompting=$(newest compare)
-# 2. SuperICL on sentiment: the MiniLM plug-in's predictions in the LM's context.
-run supericl --task sentiment --limit 100 --no-ablations --out runs/scale/supericl.json
+if [ -z "${prompting:-}" ]; then
+  run compare --tasks sentiment,trec,topic --methods zero-shot,few-shot --no-domain-shift \
+    --out runs/scale/prompting
+  prompting=$(newest compare)
+fi
+# 2. SuperICL on sentiment. Its MiniLM plug-in does not depend on the backbone: it is trained
+#    once (11 min on 2 cores; not recorded) and every backbone reads the same folder.
+if [ ! -f runs/scale/supericl.plugin/frozenlm-plugin.json ]; then
+  run --no-record supericl --task sentiment --limit 100 --no-ablations \
+    --out runs/scale/supericl.json
+fi
+run supericl --task sentiment --plugin runs/scale/supericl.plugin --limit 100 --no-ablations \
+  --out runs/scale/supericl-sentiment.json
 supericl=$(newest eval)
 # 3. Trained plug-ins: the soft prompt and LoRA on sentiment and trec, 128 labelled examples,
 #    the quick budget's 20 steps x batch 4.

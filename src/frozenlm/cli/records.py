@@ -75,8 +75,8 @@ def run_rerun(args: argparse.Namespace, main: Callable[[Sequence[str]], int]) ->
 
 def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Table and plot of the same experiment's records on several backbones. With one "
-        "RECORD, its replays (frozenlm rerun) are included."
+        "Tables and a plot of experiments' records on several backbones: each RECORD comes "
+        "with its replays (frozenlm rerun); several experiments share one table per task."
     )
     parser.add_argument("records", metavar="RECORD", nargs="+", help="record ids or files")
     parser.add_argument("--out", default="runs/scale", help="folder for scale.md and scale.png")

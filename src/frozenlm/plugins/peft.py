@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from frozenlm.atomic import write_folder
-from frozenlm.backbone import Backbone, embedded_model_folder
+from frozenlm.backbone import Backbone
 from frozenlm.codec import to_json
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.checkpoint import read_json_object, save_checkpoint
@@ -46,12 +46,10 @@ def peft_adapter_config(num_virtual_tokens: int, backbone: Backbone) -> dict[str
     """
     config = backbone.model.config
     text_config = getattr(config, "text_config", None) or config
-    if backbone.source == "default":
-        base: str | None = str(embedded_model_folder())
-    elif backbone.source == "tiny":
-        base = None  # the tiny test model lives in memory only
-    else:
-        base = backbone.source
+    # The folder the weights came from (a packaged backbone's converted cache); the tiny test
+    # model lives in memory only.
+    folder = backbone.weights_folder
+    base = None if folder is None else str(folder.resolve())
     return {
         "auto_mapping": None,
         "base_model_name_or_path": base,

@@ -311,24 +311,6 @@ class Prompter:
             else:
                 high = tried[0]
         return best
-        low, high = 0, None  # the suffix of `low` turns fits; that of `high` does not
-        k = 1
-        while high is None and k <= n:
-            text, ids = attempt(k)
-            if self._fits(ids):
-                low, best = k, (k, text, ids)
-                k *= 2
-            else:
-                high = k
-        high = n + 1 if high is None else high
-        while high - low > 1:
-            k = (low + high) // 2
-            text, ids = attempt(k)
-            if self._fits(ids):
-                low, best = k, (k, text, ids)
-            else:
-                high = k
-        return best
 
     def _truncate(
         self, fields: Mapping[str, str], n_ids: int, note: str = ""

@@ -101,9 +101,12 @@ class RunRecord:
                 if _is_number(value):
                     flat[key] = {"value": float(value)}
                 elif isinstance(value, dict) and _is_number(value.get("value")):
-                    flat[key] = {
+                    entry = {
                         k: float(value[k]) for k in _INTERVAL_FIELDS if _is_number(value.get(k))
                     }
+                    if "baseline" not in entry and _is_number(value.get("majority")):
+                        entry["baseline"] = float(value["majority"])  # compare's cells say so
+                    flat[key] = entry
         return flat
 
     def headline(self) -> str:
@@ -290,8 +293,8 @@ def list_records(runs: str | Path | None = None, kind: str | None = None) -> lis
 
 
 def experiment_records(refs: Sequence[str], runs: str | Path | None = None) -> list[RunRecord]:
-    """The records named by `refs` (ids or paths); a single record comes with its replays."""
+    """The records named by `refs` (ids or paths), each with its replays (`frozenlm rerun`)."""
     records = [load_record(ref, runs) for ref in refs]
-    if len(records) == 1:
-        records += [r for r in list_records(runs) if r.replay_of == records[0].id]
-    return records
+    ids = {r.id for r in records}
+    replays = [r for r in list_records(runs) if r.replay_of in ids and r.id not in ids]
+    return records + replays
