@@ -9,6 +9,7 @@ import pytest
 
 from frozenlm import atomic
 from frozenlm.atomic import (
+    atomic_write_json,
     build_folder,
     check_output_file,
     check_output_folder,
@@ -131,3 +132,13 @@ def test_output_paths_are_checked_with_one_sentence(tmp_path: Path) -> None:
 
 def _marker_only(folder: Path) -> None:
     (folder / "done.json").write_text("{}")
+
+
+def test_an_atomic_file_gets_the_mode_open_would_give_it(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    atomic_write_json(tmp_path / "new.json", {})
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    (tmp_path / "new.json").chmod(0o640)
+    atomic_write_json(tmp_path / "new.json", {"again": 1})  # replacing keeps the file's mode
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640

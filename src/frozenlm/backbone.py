@@ -266,7 +266,7 @@ class Backbone:
         local = registered().get(spec)
         if local is not None:
             return cls.load(local, device=where, dtype=precision, allow_pickle=allow_pickle)
-        folder = Path(path)
+        folder = Path(spec)
         use_safetensors = _weights_format(folder, allow_pickle=allow_pickle)
         try:
             config = AutoConfig.from_pretrained(folder)

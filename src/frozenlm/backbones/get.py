@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -114,16 +115,17 @@ def convert_gguf(gguf: Path, out: Path, name: str) -> tuple[str, int]:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     state = loaded.state_dict()
-    embed = loaded.get_input_embeddings().weight
+    embed = cast(torch.Tensor, loaded.get_input_embeddings().weight)
     head = loaded.get_output_embeddings()
+    head_weight = None if head is None else cast(torch.Tensor, head.weight)
     if (
-        head is not None
+        head_weight is not None
         and not getattr(config, "tie_word_embeddings", False)
-        and head.weight.shape == embed.shape
-        and torch.equal(head.weight, embed)
+        and head_weight.shape == embed.shape
+        and torch.equal(head_weight, embed)
     ):
         config.tie_word_embeddings = True
-    del loaded, embed, head
+    del loaded, embed, head, head_weight
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (config.tie_word_embeddings and "lm_head" in k)]

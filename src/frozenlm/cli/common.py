@@ -54,7 +54,8 @@ def add_backbone(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backbone",
         default="default",
-        help="default (embedded SmolLM2-135M-Instruct), tiny (random test model) or a model folder",
+        help="default (embedded SmolLM2-135M-Instruct), tiny (random test model), a name from "
+        "frozenlm models (e.g. qwen2.5-coder-0.5b) or a model folder",
     )
     parser.add_argument(
         "--allow-pickle-weights",

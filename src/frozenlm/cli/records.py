@@ -54,7 +54,11 @@ def add_rerun_arguments(parser: argparse.ArgumentParser) -> None:
         "backbone's name in it, so the original's output is kept."
     )
     parser.add_argument("record", metavar="RECORD", help="a record id (see frozenlm runs) or file")
-    parser.add_argument("--backbone", required=True, help="default, tiny or a model folder")
+    parser.add_argument(
+        "--backbone",
+        required=True,
+        help="default, tiny, a name from frozenlm models or a model folder",
+    )
     add_device_options(parser, default=None)
 
 
