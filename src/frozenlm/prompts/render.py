@@ -116,7 +116,7 @@ class Prompter:
         cue: SuperICL's plug-in prediction and confidence."""
         self.cut_prompts = 0
         """How many rendered prompts had demonstrations dropped or their input truncated."""
-        self._lead_ids = [] if self.use_chat else _leading_special_ids(tokenizer)
+        self._lead_ids = [] if self.use_chat else leading_special_ids(tokenizer)
         self._cue = "\n" + CUES[config.framing]
         if config.chain_of_thought and not self.use_chat:
             self._cue += " " + COT_TRIGGER
@@ -370,8 +370,9 @@ def _full_instruction(spec: TaskSpec, config: PromptConfig) -> str:
     return " ".join(parts)
 
 
-def _leading_special_ids(tokenizer: Any) -> list[int]:
-    """The special tokens (e.g. BOS) the tokenizer puts before a text; often none."""
+def leading_special_ids(tokenizer: Any) -> list[int]:
+    """The special tokens (e.g. Gemma's BOS) the tokenizer puts before a plain text; often none
+    (SmolLM2, Qwen). A chat template writes its own."""
     with_special = list(tokenizer("a")["input_ids"])
     plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
     for start in range(len(with_special) - len(plain) + 1):

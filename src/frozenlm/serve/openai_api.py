@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from frozenlm.backbone import Backbone
 from frozenlm.engine.generation import Generation, GenerationConfig, generate_detailed
+from frozenlm.prompts.render import leading_special_ids
 
 MAX_TOP_LOGPROBS = 20
 
@@ -215,9 +216,11 @@ def create_app(backbone: Backbone, model_name: str | None = None) -> FastAPI:
             text = backbone.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
-        else:
+            lead: list[int] = []  # the template writes its own special tokens
+        else:  # a base model (Gemma 3 270M): plain text after the BOS it expects
             text = "\n\n".join(m["content"] for m in messages)
-        ids = list(backbone.tokenizer(str(text), add_special_tokens=False)["input_ids"])
+            lead = leading_special_ids(backbone.tokenizer)
+        ids = lead + list(backbone.tokenizer(str(text), add_special_tokens=False)["input_ids"])
         top = (request.top_logprobs or 0) if request.logprobs else 0
         out = await run(ids, max_tokens, top, request.stop)
         logprobs = None

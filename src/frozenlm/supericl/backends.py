@@ -26,7 +26,7 @@ from frozenlm.engine.generation import GenerationConfig, generate
 from frozenlm.errors import ConfigError, FrozenLMError
 from frozenlm.evaluation.evaluate import EvalConfig, label_candidates, prompt_rows, score_prompts
 from frozenlm.progress import progress
-from frozenlm.prompts.render import Prompter, RenderedPrompt
+from frozenlm.prompts.render import Prompter, RenderedPrompt, leading_special_ids
 from frozenlm.tasks.spec import Task
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ class LocalBackend:
 
     def explain(self, prompts: Sequence[str]) -> list[str]:
         tokenizer = self.backbone.tokenizer
-        rows = [[list(tokenizer(text, add_special_tokens=False)["input_ids"])] for text in prompts]
+        chat = self.uses_chat_template and getattr(tokenizer, "chat_template", None)
+        lead = [] if chat else leading_special_ids(tokenizer)  # e.g. Gemma's BOS
+        rows = [[lead + list(tokenizer(t, add_special_tokens=False)["input_ids"])] for t in prompts]
         config = GenerationConfig(max_new_tokens=EXPLAIN_TOKENS, stop=())
         return [
             first_paragraph(generate(self.backbone, [row], config)[0])
