@@ -56,7 +56,7 @@ def test_a_method_is_read_against_zero_shot_on_each_backbone(tmp_path: Path) -> 
     assert table[-1].endswith("| 0.700 [0.650, 0.750] | 0.900 [0.850, 0.950] ▲ |")
     assert "## sentiment accuracy" in text and "| lora n=128 |" in text
     assert "- lora n=128: first above zero-shot at tiny-random-llama-s0 (" in text
-    assert "0.900 vs 0.700 (intervals apart)" in text
+    assert "0.900 vs 0.700 (above its 95% interval)" in text
 
 
 def test_write_scale_writes_the_table_and_plot_and_sets_no_matplotlib_state(

@@ -64,7 +64,13 @@ def scale_table(records: Sequence[RunRecord]) -> list[ScaleRow]:
         ids = ", ".join(i for i in (row.record, record.id) if i)
         metrics = dict(row.metrics)
         for name, value in record.flat_metrics().items():
-            metrics[f"{experiment}: {name}" if name in shared else name] = value
+            shown = name
+            if len(order) > 1 and record.kind != "compare":
+                # beside compare's "task/method/n=N" groups, an eval's "task" group is named
+                # with its command: "sentiment/supericl"
+                group, _, measure = name.partition(" ")
+                shown = f"{group}/{record.command[0]} {measure}".strip()
+            metrics[f"{experiment}: {name}" if name in shared else shown] = value
         rows[fingerprint] = ScaleRow(row.backbone, row.parameters, fingerprint, ids, metrics)
     return sorted(rows.values(), key=lambda row: (row.parameters, row.backbone))
 
@@ -135,8 +141,8 @@ def _first_win(rows: Sequence[ScaleRow], line: Line, reference: Line) -> str:
     for row in measured:
         value, base = row.metrics[line.metric], row.metrics[reference.metric]
         if value["value"] > base["value"]:
-            apart = "low" in value and "high" in base and value["low"] > base["high"]
-            how = "intervals apart" if apart else "within the intervals"
+            above = "high" in base and value["value"] > base["high"]
+            how = "above its 95% interval" if above else "inside its 95% interval"
             return (
                 f"{line.label}: first above {reference.label} at {row.backbone} "
                 f"({_human(row.parameters)}), {value['value']:.3f} vs {base['value']:.3f} ({how})"
