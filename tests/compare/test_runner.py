@@ -90,3 +90,23 @@ def test_compare_runs_every_method_and_continues_after_an_interruption(
     other = CompareConfig(tasks=("sentiment",), budget=TINY_BUDGET, seed=1)
     with pytest.raises(ConfigError, match="another seed"):
         compare(tiny, other, out)
+
+
+def test_every_cell_states_the_majority_class_of_the_whole_task(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    # A class-balanced subsample of trec ties on every label; its tie-break must not become the
+    # baseline ("ABBR", nearly absent from test, gave a majority accuracy of 0.0).
+    budget = Budget(
+        "test", steps=1, batch_size=2, eval_every=1, dev_limit=4, test_limit=40,
+        train_sizes=(12,),
+    )  # fmt: skip
+    config = CompareConfig(tasks=("trec",), methods=("zero-shot", "soft-prompt"), budget=budget,
+                           domain_shift=False)  # fmt: skip
+    cells = {c["method"]: c for c in compare(tiny, config, tmp_path / "cmp").cells}
+    task = load_task("trec")
+    label = Counter(ex.label for ex in task.train).most_common(1)[0][0]
+    expected = sum(ex.label == label for ex in task.test[:40]) / 40
+    assert expected > 0
+    assert cells["zero-shot"]["test"]["majority"] == pytest.approx(expected)
+    assert cells["soft-prompt"]["test"]["majority"] == pytest.approx(expected)

@@ -44,19 +44,28 @@ def _compare_record(runs: Path, backbone: Backbone, values: dict[str, float]) ->
 
 
 def test_a_method_is_read_against_zero_shot_on_each_backbone(tmp_path: Path) -> None:
-    small, large = Backbone.tiny(), Backbone.tiny(TinyConfig(hidden_size=128))
+    widths = (64, 96, 128)
+    backbones = [Backbone.tiny(TinyConfig(hidden_size=w)) for w in widths]
+    values = [
+        {"zero-shot": 0.7, "lora": 0.5},  # below zero-shot
+        {"zero-shot": 0.4, "lora": 0.6},  # above zero-shot, but only the majority class (0.6)
+        {"zero-shot": 0.7, "lora": 0.9},  # works
+    ]
     records = [
-        load_record(_compare_record(tmp_path, small, {"zero-shot": 0.7, "lora": 0.5})),
-        load_record(_compare_record(tmp_path, large, {"zero-shot": 0.7, "lora": 0.9})),
+        load_record(_compare_record(tmp_path, b, v)) for b, v in zip(backbones, values, strict=True)
     ]
     rows = scale_table(records)
     text = scale_markdown(rows, [records[0].experiment])
-    table = [line for line in text.splitlines() if line.startswith("| tiny")]
-    assert table[-2].endswith("| 0.700 [0.650, 0.750] | 0.500 [0.450, 0.550] ▼ |")
-    assert table[-1].endswith("| 0.700 [0.650, 0.750] | 0.900 [0.850, 0.950] ▲ |")
+    table = [line for line in text.splitlines() if line.startswith("| tiny")][-3:]
+    assert table[0].endswith("| 0.700 [0.650, 0.750] | 0.500 [0.450, 0.550] ▼ |")
+    assert table[1].endswith("| 0.400 [0.350, 0.450] | 0.600 [0.550, 0.650] ▲ |")
+    assert table[2].endswith("| 0.700 [0.650, 0.750] | 0.900 [0.850, 0.950] ▲ |")
     assert "## sentiment accuracy" in text and "| lora n=128 |" in text
-    assert "- lora n=128: first above zero-shot at tiny-random-llama-s0 (" in text
-    assert "0.900 vs 0.700 (above its 95% interval)" in text
+    largest = f"({rows[-1].parameters / 1e6:.3g}M), 0.900 vs 0.700 (above its 95% interval)"
+    assert (
+        f"- lora n=128: first above zero-shot and the majority class at {rows[-1].backbone} "
+        f"{largest}" in text
+    )
 
 
 def test_write_scale_writes_the_table_and_plot_and_sets_no_matplotlib_state(

@@ -27,6 +27,7 @@ from frozenlm.compare.methods import BUDGETS, METHODS, Budget, Fitted, Method, f
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, Report, evaluate
 from frozenlm.measure import PeakMemory
+from frozenlm.metrics import majority_label
 from frozenlm.progress import progress
 from frozenlm.tasks import Task
 from frozenlm.tasks.splits import balanced_sample
@@ -101,11 +102,18 @@ def _cell_path(out: Path, task: str, method: str, size: str) -> Path:
     return out / "cells" / task / f"{method}__{size}.json"
 
 
-def _metric_json(report: Report, metric: str) -> dict[str, Any]:
+def _metric_json(report: Report, metric: str, task: Task) -> dict[str, Any]:
+    """The cell's test metric with the majority-class accuracy on the same examples. The
+    majority class is that of `task`'s whole train split: a class-balanced subsample of it
+    ties, and its tie-break would pick a label the test split may hardly hold."""
     value = report.metrics[metric]
     data = {"metric": metric, **value.to_json(), "n": report.n}
     if metric in report.baseline:
         data["majority"] = report.baseline[metric].value
+        gold = [p["gold"] for p in report.predictions if "gold" in p]
+        if gold and len(gold) == len(report.predictions):
+            label = majority_label([ex.label for ex in task.train])
+            data["majority"] = sum(g == label for g in gold) / len(gold)
     return data
 
 
@@ -149,7 +157,7 @@ def run_cell(
     metric = task.spec.metric
     cell |= {
         "status": "done",
-        "test": _metric_json(report, metric),
+        "test": _metric_json(report, metric, task),
         "costs": {
             "trainable_parameters": fitted.trainable_parameters,
             "labelled_train": fitted.labelled_train,
@@ -171,7 +179,8 @@ def run_cell(
         shift_task = shifted(data, shift_target)
         shift_config = replace(test_config, limit=budget.test_limit)
         shift_report = _evaluate(fitted, shift_task, shift_config)
-        cell["shift"] = {"target": shift_target.name, **_metric_json(shift_report, metric)}
+        shift_json = _metric_json(shift_report, metric, task)
+        cell["shift"] = {"target": shift_target.name, **shift_json}
     keep = folder_bytes(work) <= KEEP_ARTIFACT_BYTES
     cell["artifact"] = str(work / "best") if keep and (work / "best").exists() else None
     if not keep:

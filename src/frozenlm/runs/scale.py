@@ -133,22 +133,28 @@ def _versus(value: dict[str, float], base: dict[str, float] | None) -> str:
 
 
 def _first_win(rows: Sequence[ScaleRow], line: Line, reference: Line) -> str:
-    """Where `line` first beats `reference`: its value above the reference's, and whether the
-    intervals are apart there."""
+    """Where `line` first beats `reference`: the smallest backbone on which its value is above
+    the reference's and above the majority class (a model that predicts one label everywhere
+    has not started to work), and whether it is above the reference's interval there."""
     measured = [r for r in rows if line.metric in r.metrics and reference.metric in r.metrics]
     if not measured:
         return f"{line.label}: not measured beside {reference.label}"
     for row in measured:
         value, base = row.metrics[line.metric], row.metrics[reference.metric]
-        if value["value"] > base["value"]:
+        majority = base.get("baseline", value.get("baseline", -math.inf))  # same examples
+        if value["value"] > base["value"] and value["value"] > majority:
             above = "high" in base and value["value"] > base["high"]
             how = "above its 95% interval" if above else "inside its 95% interval"
             return (
-                f"{line.label}: first above {reference.label} at {row.backbone} "
-                f"({_human(row.parameters)}), {value['value']:.3f} vs {base['value']:.3f} ({how})"
+                f"{line.label}: first above {reference.label} and the majority class at "
+                f"{row.backbone} ({_human(row.parameters)}), {value['value']:.3f} vs "
+                f"{base['value']:.3f} ({how})"
             )
     sizes = ", ".join(_human(r.parameters) for r in measured)
-    return f"{line.label}: never above {reference.label} on the backbones measured ({sizes})"
+    return (
+        f"{line.label}: never above both {reference.label} and the majority class on the "
+        f"backbones measured ({sizes})"
+    )
 
 
 def scale_markdown(rows: Sequence[ScaleRow], experiments: Sequence[str]) -> str:
@@ -188,7 +194,15 @@ def scale_markdown(rows: Sequence[ScaleRow], experiments: Sequence[str]) -> str:
             lines.append(
                 f"| {row.backbone} | {_human(row.parameters)} | " + " | ".join(cells) + " |"
             )
+        # The majority class on the reference's examples when it states one (it is the same
+        # test split for every line of the panel), else every line's.
+        stating = [reference] if reference is not None else panel_lines
         baselines = {
+            row.metrics[x.metric]["baseline"]
+            for row in rows
+            for x in stating
+            if "baseline" in row.metrics.get(x.metric, {})
+        } or {
             row.metrics[x.metric]["baseline"]
             for row in rows
             for x in panel_lines
