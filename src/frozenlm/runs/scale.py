@@ -121,6 +121,22 @@ def _reference(lines: Sequence[Line]) -> Line | None:
     return next((line for line in lines if line.label.startswith("zero-shot")), None)
 
 
+def _baselines(rows: Sequence[ScaleRow], lines: Sequence[Line]) -> set[float]:
+    """The majority-class accuracies a panel states: its zero-shot line's when it has them
+    (every line of a panel is scored on the same test examples), else every line's."""
+    reference = _reference(lines)
+    for stating in ([reference] if reference is not None else [], lines):
+        found = {
+            row.metrics[x.metric]["baseline"]
+            for row in rows
+            for x in stating
+            if "baseline" in row.metrics.get(x.metric, {})
+        }
+        if found:
+            return found
+    return set()
+
+
 def _versus(value: dict[str, float], base: dict[str, float] | None) -> str:
     """▲ above the reference's interval, ▼ below it, ≈ inside it."""
     if base is None or "low" not in base or "high" not in base:
@@ -194,20 +210,7 @@ def scale_markdown(rows: Sequence[ScaleRow], experiments: Sequence[str]) -> str:
             lines.append(
                 f"| {row.backbone} | {_human(row.parameters)} | " + " | ".join(cells) + " |"
             )
-        # The majority class on the reference's examples when it states one (it is the same
-        # test split for every line of the panel), else every line's.
-        stating = [reference] if reference is not None else panel_lines
-        baselines = {
-            row.metrics[x.metric]["baseline"]
-            for row in rows
-            for x in stating
-            if "baseline" in row.metrics.get(x.metric, {})
-        } or {
-            row.metrics[x.metric]["baseline"]
-            for row in rows
-            for x in panel_lines
-            if "baseline" in row.metrics.get(x.metric, {})
-        }
+        baselines = _baselines(rows, panel_lines)
         if baselines:
             text = ", ".join(f"{b:.3f}" for b in sorted(baselines))
             lines += ["", f"Majority-class baseline: {text}."]
@@ -244,7 +247,6 @@ def plot_scale(rows: Sequence[ScaleRow], path: str | Path, title: str = "") -> N
     names = {n: [r.backbone for r in rows if max(r.parameters, 1) == n] for n in sizes}
     for ax, (panel, panel_lines) in zip(axes, panels.items(), strict=False):
         values: list[float] = []
-        baselines: set[float] = set()
         for index, line in enumerate(panel_lines):
             measured = [row for row in rows if line.metric in row.metrics]
             xs = [max(row.parameters, 1) for row in measured]
@@ -257,7 +259,7 @@ def plot_scale(rows: Sequence[ScaleRow], path: str | Path, title: str = "") -> N
                 ax.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
                 values += [*lows, *highs]
             values += ys
-            baselines |= {m["baseline"] for m in points if "baseline" in m}
+        baselines = _baselines(rows, panel_lines)
         for i, baseline in enumerate(sorted(baselines)):
             label = "majority class" if i == 0 else None
             ax.axhline(baseline, color="0.4", linestyle=":", label=label)
