@@ -12,7 +12,7 @@ run() { echo "== $(date +%T) frozenlm $*"; /usr/bin/time -f "   %e s, %M KB max 
 
 # 1. Prompting on every backbone: calibrated zero-shot and 4-shot, sentiment, trec, topic
 #    (the quick budget: the first 80 test examples of each).
-if [ -z "${prompting:-}" ]; then
+if [ -z "${prompting:-}" ]; then  # (give prompting=ID to reuse a record)
   run compare --tasks sentiment,trec,topic --methods zero-shot,few-shot --no-domain-shift \
     --out runs/scale/prompting
   prompting=$(newest compare)
@@ -38,8 +38,13 @@ for backbone in tiny gemma-3-270m qwen2.5-coder-0.5b; do
   run rerun "$supericl" --backbone "$backbone"
   run rerun "$trained" --backbone "$backbone"
 done
-# The 1.5B model: prompting and SuperICL only (training it takes ~3x the 0.5B's time).
+# The 1.5B model: prompting and SuperICL (its trained cells take ~40 min on 2 cores: set
+# TRAIN_1_5B=1 to run them too).
 run rerun "$prompting" --backbone qwen2.5-coder-1.5b
 run rerun "$supericl" --backbone qwen2.5-coder-1.5b
+if [ -n "${TRAIN_1_5B:-}" ]; then
+  run rerun "$trained" --backbone qwen2.5-coder-1.5b
+fi
 
 frozenlm scale "$prompting" "$trained" "$supericl" --out docs/results/scale
+# Then the costs, on an idle machine: python benchmarks/scale.py --out docs/results/scale/costs.json

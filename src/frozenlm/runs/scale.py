@@ -264,7 +264,9 @@ def plot_scale(rows: Sequence[ScaleRow], path: str | Path, title: str = "") -> N
             label = "majority class" if i == 0 else None
             ax.axhline(baseline, color="0.4", linestyle=":", label=label)
         ax.set_xscale("log")
-        ax.set_xticks(sizes, ["\n".join([_human(n), *names[n]]) for n in sizes], fontsize=7)
+        # slanted "size name" labels: close sizes (135M, 268M) would overlap side by side
+        labels = [" ".join([_human(n), *names[n]]) for n in sizes]
+        ax.set_xticks(sizes, labels, fontsize=7, rotation=25, ha="right")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.08)
         ax.set_title(panel, fontsize=10)
