@@ -36,6 +36,7 @@ from frozenlm.backbone import Backbone
 from frozenlm.backbones.catalog import KNOWN
 from frozenlm.devices import seeded_rng
 from frozenlm.evaluation.evaluate import EvalConfig, evaluate
+from frozenlm.measure import peak_resident_mb
 from frozenlm.plugins.prompt_generator import MiniLMEncoder, PromptGenerator, PromptGeneratorConfig
 from frozenlm.plugins.registry import new_plugin
 from frozenlm.tasks import load_task
@@ -44,15 +45,6 @@ from frozenlm.training.loop import Run, TrainConfig, optimizer_step, setup
 
 sys.path.insert(0, str(Path(__file__).parent))
 from id_pt import TASKS, batch, measure
-
-
-def _peak_rss_mb() -> float:
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def _timed_step(run: Run, step: int) -> float:
@@ -113,7 +105,7 @@ def measure_one(name: str, examples: int, steps: int) -> dict[str, Any]:
         id_pt = measure(backbone, generator, batch(tasks), repeats=3)
     result["id_pt_overhead"] = id_pt["overhead"]
     result["id_pt"] = id_pt
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = peak_resident_mb()
     return result
 
 

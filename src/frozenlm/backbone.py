@@ -252,21 +252,42 @@ class Backbone:
         if packaged is not None:
             folder = ensure_present(packaged)
             meta = json.loads((folder / MARKER).read_text())
-            with quiet_loading():
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=precision)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            return cls(
-                _placed(model, where, precision),
-                tokenizer,
+            return cls._from_folder(
+                folder,
+                where,
+                precision,
+                allow_pickle=False,  # a converted cache holds safetensors only
                 name=packaged.model_name,
                 source="default" if spec == "default" else packaged.name,
                 fingerprint=meta.get("fingerprint"),
-                weights_folder=folder,
             )
         local = registered().get(spec)
         if local is not None:
             return cls.load(local, device=where, dtype=precision, allow_pickle=allow_pickle)
         folder = Path(spec)
+        return cls._from_folder(
+            folder,
+            where,
+            precision,
+            allow_pickle=allow_pickle,
+            name=folder.name,
+            source=str(folder.resolve()),
+        )
+
+    @classmethod
+    def _from_folder(
+        cls,
+        folder: Path,
+        where: torch.device,
+        precision: torch.dtype,
+        *,
+        allow_pickle: bool,
+        name: str,
+        source: str,
+        fingerprint: str | None = None,
+    ) -> Backbone:
+        """A model folder's backbone on `where` in `precision`, every failure a ConfigError
+        naming the folder; `fingerprint` when already known (a converted cache's marker)."""
         use_safetensors = _weights_format(folder, allow_pickle=allow_pickle)
         try:
             config = AutoConfig.from_pretrained(folder)
@@ -296,8 +317,9 @@ class Backbone:
         return cls(
             _placed(model, where, precision),
             tokenizer,
-            name=folder.name,
-            source=str(folder.resolve()),
+            name=name,
+            source=source,
+            fingerprint=fingerprint,
             weights_folder=folder,
         )
 

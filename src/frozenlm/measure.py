@@ -30,6 +30,13 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def peak_resident_mb() -> float:
+    """This process's peak resident set so far (MiB): the kernel's high-water mark on Linux,
+    the current resident set elsewhere."""
+    high = _status_kib("VmHWM")
+    return high / 1024 if high is not None else psutil.Process().memory_info().rss / 2**20
+
+
 def _reset_high_water_mark() -> bool:
     try:
         _CLEAR_REFS.write_text("5")

@@ -212,9 +212,7 @@ def register(name: str, folder: str | Path) -> Path:
     path = Path(folder).expanduser().resolve()
     if not (path / "config.json").is_file():
         raise ConfigError(f"'{folder}' is not a model folder: it has no config.json")
-    entries = {n: {"folder": str(f)} for n, f in registered().items()}
-    entries[name] = {"folder": str(path)}
-    atomic_write_json(_registry_path(), entries)
+    _write_registry(registered() | {name: path})
     return path
 
 
@@ -224,6 +222,10 @@ def unregister(name: str) -> None:
     if name not in entries:
         raise ConfigError(f"no backbone is registered as '{name}' (see frozenlm models)")
     del entries[name]
+    _write_registry(entries)
+
+
+def _write_registry(entries: dict[str, Path]) -> None:
     atomic_write_json(_registry_path(), {n: {"folder": str(f)} for n, f in entries.items()})
 
 
