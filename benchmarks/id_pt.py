@@ -33,7 +33,7 @@ from frozenlm.plugins.prompt_generator import (
     PromptGenerator,
     PromptGeneratorConfig,
 )
-from frozenlm.plugins.protocol import soft_tokens_by_row
+from frozenlm.plugins.protocol import conditioning_by_row
 from frozenlm.tasks import Example, Task, load_task
 
 TASKS = ("sentiment", "topic", "trec", "tweets")
@@ -58,7 +58,8 @@ def measure(
 
     @torch.no_grad()
     def generate() -> list[torch.Tensor]:
-        return soft_tokens_by_row([(generator, t.spec, ex) for t, ex in rows])
+        made = conditioning_by_row([(generator, t.spec, ex) for t, ex in rows])
+        return [c.soft for c in made if c.soft is not None]
 
     soft = generate()
     requests = [

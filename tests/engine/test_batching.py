@@ -31,8 +31,7 @@ def _alone(backbone: Backbone, rows: list[Row]) -> list[torch.Tensor]:
     """Each row scored by itself, its whole prefix in one plain forward: the reference."""
     out = []
     for row, cands in zip(rows, CANDIDATES, strict=True):
-        pieces = [row.ids] if row.soft is None else [row.soft, row.ids]
-        out.append(score_batch(backbone, [ScoreRequest(pieces, cands)])[0].logprobs)
+        out.append(score_batch(backbone, [ScoreRequest(row.pieces(), cands)])[0].logprobs)
     return out
 
 
@@ -106,11 +105,47 @@ def test_a_shared_key_value_prefix_and_shared_text_build_on_each_other(tiny: Bac
         torch.testing.assert_close(got.logprobs, want, atol=1e-4, rtol=0)
 
 
-def test_rows_without_a_prefix_cannot_join_rows_with_one(tiny: Backbone) -> None:
-    kv = PrefixCache.compute(tiny, [_ids(tiny, "System:")])
-    rows = [Row(_ids(tiny, "a"), kv=kv), Row(_ids(tiny, "b"))]
-    with pytest.raises(ValueError, match="no key/value prefix"):
-        lay_out(tiny, rows)
+def test_rows_without_a_prefix_join_rows_with_one(tiny: Backbone) -> None:
+    """A deep prompt's rows, a soft prompt's rows and plain rows in one batch score as each
+    alone (rows without a key/value prefix get an empty one, masked)."""
+    kv = PrefixCache.compute(tiny, [_ids(tiny, "System: be brief.\n")])
+    prompt = torch.randn(3, tiny.hidden_size, generator=torch.Generator().manual_seed(5))
+    plain = _rows(tiny)
+    rows = [Row(plain[0].ids, kv=kv), Row(plain[1].ids, prompt, soft_at=2), Row(plain[2].ids)]
+    layout = lay_out(tiny, rows)
+    assert layout.kv is not None and [p.length for p in layout.kv] == [kv.length, 0, 0]
+    scores = score_rows(tiny, rows, CANDIDATES, BatchBudget(tokens=4096, rows=3))
+    want = [
+        score_batch(
+            tiny,
+            [ScoreRequest([_ids(tiny, "System: be brief.\n") + list(plain[0].ids)], CANDIDATES[0])],
+        ),
+        score_batch(tiny, [ScoreRequest(rows[1].pieces(), CANDIDATES[1])]),
+        score_batch(tiny, [ScoreRequest([plain[2].ids], CANDIDATES[2])]),
+    ]
+    for got, (alone,) in zip(scores, want, strict=True):
+        torch.testing.assert_close(got.logprobs, alone.logprobs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("at", [1, 5])
+def test_soft_tokens_inside_the_prompt_are_shared_with_the_text_before_them(
+    tiny: Backbone, at: int
+) -> None:
+    """Soft tokens after the first `at` ids of every row: that text and the soft tokens are run
+    once, and the scores equal each row's [ids before | soft | ids after] in one forward."""
+    prompt = torch.randn(4, tiny.hidden_size, generator=torch.Generator().manual_seed(6))
+    rows = [Row(r.ids, prompt, soft_at=at) for r in _rows(tiny)]
+    layout = lay_out(tiny, rows)
+    assert layout.shared is not None and layout.shared.length >= at + 4
+    assert all(not isinstance(p[0], torch.Tensor) for p in layout.pieces)
+    scores = score_rows(tiny, rows, CANDIDATES, BatchBudget(tokens=4096, rows=2))
+    for got, want in zip(scores, _alone(tiny, rows), strict=True):
+        torch.testing.assert_close(got.logprobs, want, atol=1e-4, rtol=0)
+
+
+def test_a_row_refuses_soft_tokens_outside_it() -> None:
+    with pytest.raises(ValueError, match="outside a row"):
+        Row([1, 2], torch.zeros(1, 4), soft_at=3)
 
 
 def test_generation_in_batches_equals_each_row_alone(tiny: Backbone) -> None:

@@ -36,9 +36,9 @@ def test_singles_equal_separate_evaluations(tiny: Backbone) -> None:
     torch.manual_seed(0)
     weights = [torch.randn(3, tiny.hidden_size), torch.randn(5, tiny.hidden_size)]
     config = EvalConfig(limit=24)
-    report = evaluate_ensemble(tiny, task, weights, config)
-    for weight, single in zip(weights, report.singles, strict=True):
-        plugin = SoftPromptSet({"trec": weight}, SoftPromptConfig(length=len(weight)))
+    plugins = [SoftPromptSet({"trec": w}, SoftPromptConfig(length=len(w))) for w in weights]
+    report = evaluate_ensemble(tiny, task, plugins, config)
+    for plugin, single in zip(plugins, report.singles, strict=True):
         alone = evaluate(tiny, task, config, plugin=plugin)
         assert alone.metrics["accuracy"] == single
     assert report.n == 24 and report.prompts == 2
@@ -46,4 +46,5 @@ def test_singles_equal_separate_evaluations(tiny: Backbone) -> None:
 
 def test_an_ensemble_needs_two_prompts(tiny: Backbone) -> None:
     with pytest.raises(ConfigError, match="at least two"):
-        evaluate_ensemble(tiny, load_task("trec"), [torch.zeros(2, tiny.hidden_size)])
+        one = SoftPromptSet({"trec": torch.zeros(2, tiny.hidden_size)}, SoftPromptConfig(length=2))
+        evaluate_ensemble(tiny, load_task("trec"), [one])

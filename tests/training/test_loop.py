@@ -316,12 +316,64 @@ def test_a_prompt_generator_trains_in_the_same_loop_and_its_loss_falls(
 
 def test_task_cap_keeps_a_seeded_sample_of_each_large_task(tiny: Backbone) -> None:
     tasks = [load_task("trec"), load_task("topic")]
-    capped = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=3))
+    capped = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=3, balance="none"))
     counts = Counter(r.task.name for r in capped)
     assert counts == {"trec": 50, "topic": 50}
-    again = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=3))
+    again = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=3, balance="none"))
     assert [r.example.id for r in again] == [r.example.id for r in capped]
-    other = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=4))
+    other = training_rows(tiny, tasks, TrainConfig(task_cap=50, seed=4, balance="none"))
     assert [r.example.id for r in other] != [r.example.id for r in capped]
     with pytest.raises(ConfigError, match="task-cap must be at least 1"):
         TrainConfig(task_cap=0)
+
+
+def test_balanced_sampling_draws_every_class_equally_often(tiny: Backbone, tmp_path: Path) -> None:
+    """An imbalanced task (7 of 8 rows one class): with balance=sample each class is drawn as
+    often as the largest; a balanced task's rows are left as they are."""
+    rows = [{"text": f"item {i}", "label": "neg" if i % 8 == 0 else "pos"} for i in range(64)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"name": "skewed", "data": "data.jsonl", "input_fields": ["text"],
+            "label_field": "label", "labels": {"pos": "yes", "neg": "no"},
+            "instruction": "Is it good?"}  # fmt: skip
+    (tmp_path / "task.json").write_text(json.dumps(spec))
+    task = load_task(str(tmp_path / "task.json"))
+    plain = Counter(
+        r.example.label for r in training_rows(tiny, [task], TrainConfig(balance="none"))
+    )
+    sampled = Counter(r.example.label for r in training_rows(tiny, [task], TrainConfig()))
+    assert plain["pos"] > 4 * plain["neg"]
+    assert sampled["pos"] == sampled["neg"] == plain["pos"]
+    (tmp_path / "toy").mkdir()
+    toy = load_task(str(write_toy_task(tmp_path / "toy", 40)))
+    balanced = training_rows(tiny, [toy], TrainConfig())
+    unchanged = training_rows(tiny, [toy], TrainConfig(balance="none"))
+    assert [r.example.id for r in balanced] == [r.example.id for r in unchanged]
+
+
+def test_a_diverging_run_goes_back_to_its_best_state_with_a_lower_rate(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    """A learning rate far too high makes the loss explode: the loop notices, restores the best
+    prompt, lowers the rate and records it; the saved best is still its best dev metric."""
+    task_file = write_toy_task(tmp_path, 48)
+    config = TrainConfig(
+        steps=40, batch_size=8, eval_every=4, eval_limit=8, patience=0,
+        optimizer="adamw", lr=30.0, max_grad_norm=None, rising_evals=2,
+    )  # fmt: skip
+    prompt = to_json(SoftPromptConfig(length=4))
+    result = train_plugin(tiny, [str(task_file)], "soft-prompt", prompt, config, tmp_path / "run")
+    assert result.recoveries, result.history
+    first = result.recoveries[0]
+    assert first["lr_factor"] == pytest.approx(config.recover_factor)
+    assert "rose" in first["reason"] or "below calibrated zero-shot" in first["reason"]
+    assert result.floor is not None and result.majority == pytest.approx(0.5, abs=0.25)
+    best = load_checkpoint(tmp_path / "run" / "best").meta["metrics"]
+    assert best["dev"] == max(h["dev"] for h in result.history)
+    state = json.loads((tmp_path / "run" / "last" / "training_state.json").read_text())
+    assert state["loop"]["recoveries"] == result.recoveries
+
+
+def test_warmup_raises_the_rate_linearly() -> None:
+    config = TrainConfig(warmup=4)
+    assert [config.lr_scale(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert TrainConfig().lr_scale(0) == 1.0

@@ -1,15 +1,17 @@
 """Rows into batches: what every row shares is computed once, the rest goes in token budgets.
 
-A `Row` is one prompt for the frozen backbone and its conditioning: soft tokens [P, D] before
-its ids (a soft prompt, a generated prompt) and/or a per-layer key/value prefix (a deep
+A `Row` is one prompt for the frozen backbone and its conditioning: soft tokens [P, D] at a
+place in its ids (a soft prompt, a generated prompt) and/or a per-layer key/value prefix (a deep
 prompt). Rows of one call may carry different conditioning (mixed tasks and plug-ins).
 
 `lay_out` finds what all rows start with: the same key/value prefix, the same soft tokens (the
-same tensor object: one task's soft prompt) and, when no row has soft tokens of its own, the
-text all prompts have in common (chat template, instruction, fixed demonstrations). That is run
-once into a `PrefixCache`; each row keeps only its own pieces. `score_rows` and `generate_rows`
-are the one batch loop of evaluation, mixed batches, ensembles and SuperICL: length-sorted
-batches within a token budget, progress bar, results in the rows' order.
+same tensor object at the same place after the same text: one task's soft prompt) and, when no
+row has soft tokens of its own, the text all prompts have in common (chat template,
+instruction, fixed demonstrations). That is run once into a `PrefixCache`; each row keeps only
+its own pieces. Rows without a key/value prefix among rows with one get an empty one.
+`score_rows` and `generate_rows` are the one batch loop of evaluation, mixed batches, ensembles
+and SuperICL: length-sorted batches within a token budget, progress bar, results in the rows'
+order.
 """
 
 from __future__ import annotations
@@ -32,15 +34,28 @@ MIN_SHARED_TOKENS = 8
 
 @dataclass(frozen=True)
 class Row:
-    """One prompt for the backbone: [kv prefix | soft tokens | ids]."""
+    """One prompt for the backbone: [kv prefix | ids before soft_at | soft tokens | the rest]."""
 
     ids: Sequence[int]
     """The prompt's token ids."""
     soft: torch.Tensor | None = None
-    """Soft tokens [P, D] before the ids. Rows given the same tensor object share it."""
+    """Soft tokens [P, D]. Rows given the same tensor object share it."""
     kv: PrefixCache | None = None
     """A single-row per-layer key/value prefix before everything (a deep prompt). Rows given
     the same object share it."""
+    soft_at: int = 0
+    """The soft tokens go before `ids[soft_at]` (0: before every id)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.soft_at <= len(self.ids):
+            raise ValueError(f"soft_at {self.soft_at} is outside a row of {len(self.ids)} ids")
+
+    def pieces(self) -> list[Piece]:
+        """The row's pieces in order (its key/value prefix aside)."""
+        if self.soft is None:
+            return [self.ids]
+        head, tail = list(self.ids[: self.soft_at]), list(self.ids[self.soft_at :])
+        return [*([head] if head else []), self.soft, tail]
 
 
 @dataclass(frozen=True)
@@ -88,40 +103,51 @@ def lay_out(
     grad: bool = False,
 ) -> Layout:
     """What all `rows` start with, run once (with `grad`, inside the autograd graph), and the
-    pieces each row adds. Text is shared only when at least `min_text` tokens are common."""
+    pieces each row adds. Text is shared only when at least `min_text` tokens are common (text
+    before shared soft tokens always is, since the soft tokens are)."""
     if not rows:
         return Layout(None, [], None)
     kvs = [row.kv for row in rows]
     softs = [row.soft for row in rows]
-    shared_kv = _same(kvs)
-    shared_soft = shared_kv and softs[0] is not None and _same(softs)
-    own_soft = any(s is not None for s in softs) and not shared_soft
-    common = 0
-    if share_text and shared_kv and not own_soft:
-        common = common_prefix_length([row.ids for row in rows])
-        if common < min_text:
-            common = 0
     first = rows[0]
+    shared_kv = _same(kvs)
+    common = common_prefix_length([row.ids for row in rows]) if shared_kv else 0
+    at = first.soft_at if first.soft is not None else 0
+    shared_soft = (
+        shared_kv
+        and first.soft is not None
+        and _same(softs)
+        and all(row.soft_at == at for row in rows)
+        and (at == 0 or common >= at or len(rows) == 1)
+    )
+    own_soft = any(s is not None for s in softs) and not shared_soft
+    end = at if shared_soft else 0  # shared text ends here...
+    if share_text and shared_kv and not own_soft and common - end >= min_text:
+        end = common  # ...or after all the text every row starts with
     prefix: list[Piece] = []
-    if shared_soft and first.soft is not None and first.soft.shape[0] > 0:
-        prefix.append(first.soft)
-    if common:
-        prefix.append(list(first.ids[:common]))
+    if end or shared_soft:
+        head = list(first.ids[:at]) if shared_soft else []
+        if head:
+            prefix.append(head)
+        if shared_soft and first.soft is not None and first.soft.shape[0] > 0:
+            prefix.append(first.soft)
+        if list(first.ids[len(head) : end]):
+            prefix.append(list(first.ids[len(head) : end]))
     base = first.kv if shared_kv else None
     shared = base
     if prefix:
         shared = PrefixCache.compute(backbone, prefix, grad=grad, after=base)
     pieces: list[list[Piece]] = []
     for row in rows:
-        own: list[Piece] = [] if shared_soft or row.soft is None else [row.soft]
-        own.append(list(row.ids[common:]))
-        pieces.append(own)
+        if shared_soft or row.soft is None:
+            pieces.append([list(row.ids[end:])])
+        else:
+            pieces.append(row.pieces())
     if shared_kv:
         return Layout(shared, pieces, None)
-    missing = [i for i, kv in enumerate(kvs) if kv is None]
-    if missing:
-        raise ValueError(f"rows {missing[:5]} have no key/value prefix while others do")
-    return Layout(None, pieces, [kv for kv in kvs if kv is not None])
+    model = next(kv for kv in kvs if kv is not None)
+    empty = model.empty_like()
+    return Layout(None, pieces, [empty if kv is None else kv for kv in kvs])
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:

@@ -47,10 +47,15 @@ def batch_loss(
             assert batch.labels is not None
             return target_loss(backbone, hidden, batch.labels)
     if any(row.kv is not None for row in rows):
-        raise ValueError("a single row with a key/value prefix: lay it out with its prefix")
-    pieces: list[list[Piece]] = [
-        [row.ids] if row.soft is None else [row.soft, row.ids] for row in rows
-    ]
+        (row,) = rows  # one row with a key/value prefix: run after it
+        kv = row.kv
+        assert kv is not None
+        batch = kv.after(splice(backbone, [row.pieces()], targets))
+        cache = kv.expand(backbone, 1)
+        hidden = backbone.forward(batch.embeds, batch.attention_mask, batch.position_ids, cache)
+        assert batch.labels is not None
+        return target_loss(backbone, hidden, batch.labels)
+    pieces: list[list[Piece]] = [row.pieces() for row in rows]
     packed = pack(backbone, pieces, targets)
     hidden = backbone.forward(packed.embeds, None, packed.position_ids)
     return target_loss(backbone, hidden, packed.labels)

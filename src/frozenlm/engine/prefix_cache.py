@@ -96,6 +96,28 @@ class PrefixCache:
             torch.cat(masks),  # [B, P]
         )
 
+    @classmethod
+    def from_tensors(
+        cls, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]
+    ) -> PrefixCache:
+        """A single-row prefix from per-layer keys and values [1, H, P, d] (a deep prompt's)."""
+        if len(keys) != len(values) or not keys:
+            raise ValueError("a prefix needs keys and values for every layer")
+        return cls(tuple(keys), tuple(values), int(keys[0].shape[2]))
+
+    def empty_like(self) -> PrefixCache:
+        """A single-row prefix of no columns with this one's layers, heads and widths (for rows
+        without a prefix stacked beside rows with one)."""
+        keys = tuple(k[:1, :, :0] for k in self.keys)
+        values = tuple(v[:1, :, :0] for v in self.values)
+        return PrefixCache(keys, values, 0)
+
+    def detached(self) -> PrefixCache:
+        """The same prefix outside the autograd graph."""
+        keys = tuple(k.detach() for k in self.keys)
+        values = tuple(v.detach() for v in self.values)
+        return PrefixCache(keys, values, self.length, self.mask)
+
     @property
     def rows(self) -> int:
         return int(self.keys[0].shape[0])
@@ -112,7 +134,9 @@ class PrefixCache:
         if self.rows not in (1, rows):
             raise ValueError(f"a prefix stacked for {self.rows} rows cannot serve {rows}")
         cache = backbone.new_cache()
+        device, dtype = backbone.device, backbone.dtype  # a plug-in's keys are fp32
         for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            k, v = k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype)
             cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), layer)
         return cache
 

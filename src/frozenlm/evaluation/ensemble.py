@@ -1,9 +1,9 @@
-"""Prompt ensembling (Lester et al. 2021, section 6): N soft prompts for one task, one batch.
+"""Prompt ensembling (Lester et al. 2021, section 6): N plug-ins for one task, one batch.
 
-Every example is scored once per prompt; all N x n rows go through the same mixed batches (each
-row carries its own prompt). Predictions are combined by majority vote (ties broken by the mean
-log-probability) and by the mean log-probability over prompts; each single prompt's accuracy is
-reported beside them.
+Every example is scored once per plug-in (soft prompts, deep prompts, generators, or a mix); all
+N x n rows go through the same mixed batches (each row carries its own conditioning).
+Predictions are combined by majority vote (ties broken by the mean log-probability) and by the
+mean log-probability over members; each member's accuracy alone is reported beside them.
 """
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from frozenlm.backbone import Backbone
-from frozenlm.engine.batching import Row
 from frozenlm.errors import ConfigError
-from frozenlm.evaluation.evaluate import EvalConfig, classification_prompter, score_prompts
+from frozenlm.evaluation.evaluate import (
+    EvalConfig,
+    classification_prompter,
+    prompt_rows,
+    score_prompts,
+)
 from frozenlm.metrics import Interval, bootstrap
+from frozenlm.plugins.protocol import Plugin, inference_conditioning
 from frozenlm.tasks import Task
 
 
@@ -77,23 +82,25 @@ def combine(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def evaluate_ensemble(
     backbone: Backbone,
     task: Task,
-    prompts: Sequence[torch.Tensor],
+    plugins: Sequence[Plugin],
     config: EvalConfig = EvalConfig(),
     names: Sequence[str] = (),
 ) -> EnsembleReport:
-    """Score `task` with each soft prompt [P_i, D] in shared mixed batches and combine them."""
+    """Score `task` with each plug-in in shared mixed batches and combine them."""
     if task.spec.kind != "classification":
         raise ConfigError("prompt ensembling applies to classification tasks")
-    if len(prompts) < 2:
+    if len(plugins) < 2:
         raise ConfigError("an ensemble needs at least two prompts")
     start = time.perf_counter()
     examples = list(task.split(config.split))[: config.limit]
     prompter, candidates = classification_prompter(backbone, task, config)
     rendered = [prompter.render(ex) for ex in examples]
-    soft = [p.detach() for p in prompts]
-    rows = [Row(r.ids, s) for s in soft for r in rendered]  # prompt-major: N x n rows
+    rows = []  # plug-in-major: N x n rows
+    for plugin in plugins:
+        conditioning = inference_conditioning([(plugin, task.spec, ex) for ex in examples])
+        rows += prompt_rows(rendered, conditioning)
     scores = score_prompts(backbone, rows, candidates, config, f"{task.name} ensemble")
-    scores = scores.view(len(prompts), len(examples), -1)  # [N, n, K]
+    scores = scores.view(len(plugins), len(examples), -1)  # [N, n, K]
 
     labels = list(task.spec.labels)
     gold = torch.tensor([labels.index(ex.label) for ex in examples])
@@ -106,10 +113,10 @@ def evaluate_ensemble(
         task=task.name,
         split=config.split,
         n=len(examples),
-        prompts=len(prompts),
+        prompts=len(plugins),
         singles=[accuracy(s.argmax(dim=-1)) for s in scores],
         majority_vote=accuracy(by_vote),
         mean_logprob=accuracy(by_mean),
         seconds=time.perf_counter() - start,
-        names=list(names) or [f"prompt {i + 1}" for i in range(len(prompts))],
+        names=list(names) or [f"prompt {i + 1}" for i in range(len(plugins))],
     )

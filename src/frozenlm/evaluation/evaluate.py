@@ -28,7 +28,7 @@ from frozenlm.metrics import (
     majority_label,
     token_f1,
 )
-from frozenlm.plugins.protocol import Plugin, inference_tokens
+from frozenlm.plugins.protocol import Conditioning, Plugin, inference_conditioning
 from frozenlm.prompts.demos import DemoSelector
 from frozenlm.prompts.render import PromptConfig, Prompter, RenderedPrompt
 from frozenlm.tasks import Example, Task
@@ -186,12 +186,12 @@ def classification_prompter(
 
 
 def prompt_rows(
-    prompts: Sequence[RenderedPrompt], soft: Sequence[torch.Tensor] | None = None
+    prompts: Sequence[RenderedPrompt], conditioning: Sequence[Conditioning] | None = None
 ) -> list[Row]:
-    """Engine rows of rendered prompts, each after its soft tokens when given."""
-    if soft is None:
+    """Engine rows of rendered prompts, each with its plug-in's conditioning when given."""
+    if conditioning is None:
         return [Row(p.ids) for p in prompts]
-    return [Row(p.ids, s) for p, s in zip(prompts, soft, strict=True)]
+    return [c.row(p.ids, p.input_start) for p, c in zip(prompts, conditioning, strict=True)]
 
 
 def score_prompts(
@@ -239,7 +239,7 @@ def evaluate(
     plugin: Plugin | None = None,
 ) -> Report:
     """Evaluate `task` on `config.split` on the frozen `backbone`: prompt design alone, or with
-    a plug-in's soft tokens before each prompt."""
+    a plug-in's conditioning of each prompt."""
     if config.method not in PROMPT_METHODS:
         raise ConfigError(
             f"unknown method '{config.method}'; expected one of {', '.join(PROMPT_METHODS)}"
@@ -273,10 +273,10 @@ def evaluate(
         )
     demos = selector.select_many(examples) if selector else [[] for _ in examples]
     prompts = [prompter.render(ex, d) for ex, d in zip(examples, demos, strict=True)]
-    soft = None
+    conditioning = None
     if plugin is not None:
-        soft = inference_tokens([(plugin, task.spec, ex) for ex in examples])
-    rows = prompt_rows(prompts, soft)
+        conditioning = inference_conditioning([(plugin, task.spec, ex) for ex in examples])
+    rows = prompt_rows(prompts, conditioning)
 
     report = Report(
         task=task.name,

@@ -1,9 +1,10 @@
-"""Rows of many tasks and many plug-ins in one forward: each row brings its own soft tokens.
+"""Rows of many tasks and many plug-ins in one forward: each row brings its own conditioning.
 
-A row is (plug-in, task, example): a task's soft prompt, an ID-PT generator's prompt written for
-that input, or no plug-in at all (prompt design). Their prompts are rendered per task, their
-soft tokens are asked of each plug-in once per (plug-in, task) group, and the rows are scored
-together in length-sorted batches: `splice` pads them, each row keeps its own label candidates.
+A row is (plug-in, task, example): a task's soft prompt or deep prompt, an ID-PT generator's
+prompt written for that input, or no plug-in at all (prompt design). Their prompts are rendered
+per task, their conditioning is asked of each plug-in once per (plug-in, task) group, and the
+rows are scored together in length-sorted batches: `splice` pads them, key/value prefixes are
+stacked (an empty one for rows without), each row keeps its own label candidates.
 This is what a multi-task server does with a queue of requests; evaluation and training batch
 the same way.
 """
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from frozenlm.backbone import Backbone
-from frozenlm.engine.batching import Row, score_rows
+from frozenlm.engine.batching import score_rows
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, classification_prompter
-from frozenlm.plugins.protocol import Plugin, inference_tokens
+from frozenlm.plugins.protocol import NONE, Conditioning, Plugin, inference_conditioning
 from frozenlm.prompts.render import Prompter
 from frozenlm.tasks import Example, Task
 
@@ -45,15 +46,15 @@ class RowScores:
         return self.labels[int(self.logprobs.argmax())]
 
 
-def _soft_tokens(rows: Sequence[PluggedRow]) -> list[torch.Tensor | None]:
-    """Each row's soft tokens (None for rows without a plug-in)."""
+def _conditioning(rows: Sequence[PluggedRow]) -> list[Conditioning]:
+    """Each row's conditioning (none for rows without a plug-in)."""
     plugged = [(i, row.plugin) for i, row in enumerate(rows) if row.plugin is not None]
-    tokens = inference_tokens(
+    made = inference_conditioning(
         [(plugin, rows[i].task.spec, rows[i].example) for i, plugin in plugged]
     )
-    out: list[torch.Tensor | None] = [None] * len(rows)
-    for (i, _), row_tokens in zip(plugged, tokens, strict=True):
-        out[i] = row_tokens
+    out = [NONE] * len(rows)
+    for (i, _), conditioning in zip(plugged, made, strict=True):
+        out[i] = conditioning
     return out
 
 
@@ -76,9 +77,10 @@ def score_plugged_rows(
             raise ConfigError(f"task '{row.task.name}' is not classification; rows are scored")
         if row.task.name not in prompters:
             prompters[row.task.name] = classification_prompter(backbone, row.task, config)
+    rendered = [prompters[row.task.name][0].render(row.example) for row in rows]
     engine_rows = [
-        Row(prompters[row.task.name][0].render(row.example).ids, tokens)
-        for row, tokens in zip(rows, _soft_tokens(rows), strict=True)
+        conditioning.row(prompt.ids, prompt.input_start)
+        for prompt, conditioning in zip(rendered, _conditioning(rows), strict=True)
     ]
     candidates = [prompters[row.task.name][1] for row in rows]
     scores = score_rows(backbone, engine_rows, candidates, config.budget(), desc=desc)

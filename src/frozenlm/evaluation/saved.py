@@ -18,8 +18,8 @@ from frozenlm.backbone import Backbone
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.ensemble import EnsembleReport, evaluate_ensemble
 from frozenlm.evaluation.evaluate import EvalConfig, Report, evaluate
+from frozenlm.plugins.protocol import Plugin
 from frozenlm.plugins.registry import load_plugin
-from frozenlm.plugins.soft_prompt import SoftPromptSet
 from frozenlm.tasks import BUILTIN_TASKS, Task, load_task
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,10 @@ def evaluate_saved_ensemble(
     seed: int = EvalConfig.seed,
     allow_other_backbone: bool = False,
 ) -> SavedEnsembleReport:
-    """Evaluate the soft prompts for `task` saved in `folders` as one prompt ensemble (each
-    prompt alone, their majority vote and their mean log-probability)."""
-    prompts = []
+    """Evaluate the plug-ins for `task` saved in `folders` (soft prompts, deep prompts,
+    generators, in any mix) as one ensemble (each alone, their majority vote and their mean
+    log-probability)."""
+    plugins: list[Plugin] = []
     name, source, chat = task, task, True
     by_file = task not in BUILTIN_TASKS and Path(task).is_file()
     given: dict[int, Task] = {}  # a task file's task, by split seed
@@ -133,10 +134,7 @@ def evaluate_saved_ensemble(
             _check_same_splits(given[seed_trained], task, folder, checkpoint.meta)
         if name not in sources:
             raise ConfigError(f"the plug-in in '{folder}' has no prompt for task '{task}'")
-        if not isinstance(plugin, SoftPromptSet):
-            kind = checkpoint.meta["kind"]
-            raise ConfigError(f"'{folder}' holds a {kind}; only soft prompts form an ensemble")
-        prompts.append(plugin.prompt(name))
+        plugins.append(plugin)
         source = sources[name] if name == task else task
         chat = train_config.get("chat_template", True)
         trained_on[str(folder)] = checkpoint.meta.get("split_hashes", {}).get(name, "")
@@ -152,7 +150,7 @@ def evaluate_saved_ensemble(
                 split,
             )
     names = [str(f) for f in folders]
-    report = evaluate_ensemble(backbone, loaded, prompts, config, names=names)
+    report = evaluate_ensemble(backbone, loaded, plugins, config, names=names)
     return SavedEnsembleReport(report, loaded)
 
 

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 from frozenlm.backbone import Backbone
 from frozenlm.devices import seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError
-from frozenlm.plugins.protocol import count_trainable
+from frozenlm.plugins.protocol import Conditioning, count_trainable
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, initial_prompt
 from frozenlm.tasks import Example, TaskSpec
 
@@ -257,6 +257,10 @@ class PromptGenerator(nn.Module):
         if not examples:
             return []
         return list(self([generator_text(task, ex) for ex in examples]).unbind(0))
+
+    def condition(self, task: TaskSpec, examples: Sequence[Example]) -> list[Conditioning]:
+        """Each example's written prompt, before everything."""
+        return [Conditioning(soft=tokens) for tokens in self.soft_tokens(task, examples)]
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer groups: the base prompt at `lr`, the network at `lr * network_lr_scale`."""

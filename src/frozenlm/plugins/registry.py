@@ -11,6 +11,7 @@ from frozenlm.backbone import Backbone
 from frozenlm.codec import from_json
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.checkpoint import Checkpoint, load_checkpoint
+from frozenlm.plugins.prefix import DeepPrompt, PrefixConfig
 from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
 from frozenlm.plugins.protocol import Plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
@@ -58,9 +59,24 @@ def _restore_generator(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
     return PromptGenerator.from_tensors(checkpoint.tensors, config, backbone)
 
 
+def _build_prefix(
+    config: Mapping[str, Any], backbone: Backbone, specs: Sequence[TaskSpec], seed: int
+) -> Plugin:
+    prefix_config = from_json(PrefixConfig, config, "deep prompt config")
+    return DeepPrompt.from_config(prefix_config, backbone, specs, seed)
+
+
+def _restore_prefix(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
+    config = from_json(PrefixConfig, checkpoint.meta["plugin_config"], "deep prompt config")
+    return DeepPrompt.from_tensors(
+        checkpoint.tensors, config, backbone, source=f"checkpoint '{checkpoint.folder}'"
+    )
+
+
 PLUGINS: dict[str, PluginMethod] = {
     "soft-prompt": PluginMethod(build=_build_soft_prompt, restore=_restore_soft_prompt),
     "id-pt": PluginMethod(build=_build_generator, restore=_restore_generator),
+    "prefix": PluginMethod(build=_build_prefix, restore=_restore_prefix),
 }
 
 

@@ -1,8 +1,10 @@
 """Soft prompts (Lester et al. 2021): P trainable vectors prepended to the input embeddings.
 
 `SoftPromptSet` holds one prompt per task (or one shared by all) and hands each row of a
-(possibly mixed-task) batch the prompt of its task. Weights are fp32; `splice` casts them
-to the backbone's dtype at use.
+(possibly mixed-task) batch the prompt of its task, at the configured place in the prompt.
+Weights are fp32; `splice` casts them to the backbone's dtype at use. With the residual
+reparameterization a small network rewrites each prompt while it trains; what is stored is the
+prompt it wrote.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch
 from torch import nn
 
 from frozenlm.backbone import Backbone
+from frozenlm.devices import seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError
-from frozenlm.plugins.protocol import count_trainable, single_group
+from frozenlm.plugins.protocol import Conditioning, SoftPosition, count_trainable, single_group
+from frozenlm.plugins.reparam import ResidualMLP
 from frozenlm.tasks import Example, TaskSpec
 
 
@@ -50,11 +54,20 @@ class SoftPromptConfig:
     shared: bool = False
     """One prompt for every task instead of one per task (the multi-task baseline that, like
     input-dependent prompts, gets no task id); `class-labels` init then uses every task's labels."""
+    position: SoftPosition = SoftPosition.START
+    """Where the prompt sits in each row (see `SoftPosition`)."""
+    residual: int = 0
+    """Residual reparameterization (Razdaibiedina et al. 2023) with a bottleneck of this width
+    while training (0: none). Stored prompts are the reparameterized vectors, so loading needs
+    no network."""
 
     def __post_init__(self) -> None:
         if self.length < 1:
             raise ConfigError(f"prompt length must be at least 1, got {self.length}")
+        if self.residual < 0:
+            raise ConfigError(f"residual bottleneck must be 0 or more, got {self.residual}")
         object.__setattr__(self, "init", PromptInit(self.init))
+        object.__setattr__(self, "position", SoftPosition(self.position))
 
 
 def common_token_ids(backbone: Backbone, count: int) -> list[int]:
@@ -66,27 +79,40 @@ def common_token_ids(backbone: Backbone, count: int) -> list[int]:
     return ids[:count]
 
 
+def initial_ids(
+    backbone: Backbone,
+    init: PromptInit,
+    length: int,
+    specs: Sequence[TaskSpec],
+    seed: int,
+    vocab_size: int = 5000,
+) -> list[int]:
+    """`length` token ids to start a prompt from: the tasks' label verbalizers first (with
+    `class-labels`), the rest a seeded sample of the `vocab_size` most common tokens."""
+    rng = random.Random(seed)
+    ids: list[int] = []
+    if init is PromptInit.CLASS_LABELS:
+        for word in (w for spec in specs for w in spec.labels.values()):
+            label_ids = backbone.tokenizer.encode(" " + word.strip(), add_special_tokens=False)
+            ids.extend(label_ids)
+        ids = list(dict.fromkeys(ids))[:length]  # tasks may share label words
+    vocab = common_token_ids(backbone, vocab_size)
+    return ids + rng.sample(vocab, length - len(ids))
+
+
 def initial_prompt(
     backbone: Backbone, config: SoftPromptConfig, specs: Sequence[TaskSpec], seed: int
 ) -> torch.Tensor:
     """Initial prompt vectors [P, D] (fp32) for the tasks (one, or all that share it),
     deterministic for `seed`."""
-    rng = random.Random(seed)
     width = backbone.hidden_size
     if config.init is PromptInit.RANDOM:
         generator = torch.Generator().manual_seed(seed)
         uniform = torch.rand(config.length, width, generator=generator)
         return (uniform * 2 - 1) * config.random_range
-    ids: list[int] = []
-    if config.init is PromptInit.CLASS_LABELS:
-        for word in (w for spec in specs for w in spec.labels.values()):
-            label_ids = backbone.tokenizer.encode(" " + word.strip(), add_special_tokens=False)
-            ids.extend(label_ids)
-        ids = list(dict.fromkeys(ids))[: config.length]  # tasks may share label words
-    vocab = common_token_ids(backbone, config.vocab_size)
-    ids += rng.sample(vocab, config.length - len(ids))
+    ids = initial_ids(backbone, config.init, config.length, specs, seed, config.vocab_size)
     with torch.no_grad():
-        return backbone.embed(torch.tensor(ids)).float().clone()  # [P, D]
+        return backbone.embed(torch.tensor(ids, device=backbone.device)).float().cpu().clone()
 
 
 SHARED = "*"
@@ -99,12 +125,23 @@ class SoftPromptSet(nn.Module):
     method = "soft-prompt"
     reads_input = False  # evaluation computes each prompt's keys and values once
 
-    def __init__(self, prompts: Mapping[str, torch.Tensor], config: SoftPromptConfig) -> None:
+    def __init__(
+        self,
+        prompts: Mapping[str, torch.Tensor],
+        config: SoftPromptConfig,
+        *,
+        reparameterize: bool = False,
+    ) -> None:
         super().__init__()
         self.config = config
         self.prompts = nn.ParameterDict(
             {name: nn.Parameter(w.detach().float().clone()) for name, w in prompts.items()}
         )  # task -> [P, D] fp32
+        self.residual = nn.ModuleDict()
+        """task -> its residual network, while training with `config.residual`."""
+        if reparameterize and config.residual:
+            for name, w in prompts.items():
+                self.residual[_key(name)] = ResidualMLP(int(w.shape[1]), config.residual)
 
     @classmethod
     def from_config(
@@ -112,12 +149,14 @@ class SoftPromptSet(nn.Module):
     ) -> SoftPromptSet:
         """New prompts for `specs`, each initialised as `config.init` says."""
         if config.shared:
-            return cls({SHARED: initial_prompt(backbone, config, specs, seed)}, config)
-        prompts = {
-            spec.name: initial_prompt(backbone, config, [spec], seed + i)
-            for i, spec in enumerate(specs)
-        }
-        return cls(prompts, config)
+            prompts = {SHARED: initial_prompt(backbone, config, specs, seed)}
+        else:
+            prompts = {
+                spec.name: initial_prompt(backbone, config, [spec], seed + i)
+                for i, spec in enumerate(specs)
+            }
+        with seeded_rng(seed):  # the residual networks' init; the caller's RNG untouched
+            return cls(prompts, config, reparameterize=True)
 
     @property
     def task_names(self) -> list[str]:
@@ -129,22 +168,31 @@ class SoftPromptSet(nn.Module):
         return SHARED in self.prompts
 
     def prompt(self, task: str) -> torch.Tensor:
-        """The prompt [P, D] of the task named `task` (the one prompt, when shared)."""
-        if SHARED in self.prompts:
-            return self.prompts[SHARED]
-        if task not in self.prompts:
+        """The prompt [P, D] of the task named `task` (the one prompt, when shared), through its
+        residual network while there is one."""
+        name = SHARED if SHARED in self.prompts else task
+        if name not in self.prompts:
             raise ConfigError(
                 f"this plug-in has no prompt for task '{task}'; it has: {', '.join(self.prompts)}"
             )
-        return self.prompts[task]
+        if _key(name) in self.residual:
+            return self.residual[_key(name)](self.prompts[name])
+        return self.prompts[name]
 
     def soft_tokens(self, task: TaskSpec, examples: Sequence[Example]) -> list[torch.Tensor]:
         """The prompt [P, D] of `task` for each example (the same tensor: prompts ignore input)."""
         return [self.prompt(task.name)] * len(examples)
 
+    def condition(self, task: TaskSpec, examples: Sequence[Example]) -> list[Conditioning]:
+        """The prompt of `task` at `config.position`, the same object for every example."""
+        return [Conditioning(soft=self.prompt(task.name), position=self.config.position)] * len(
+            examples
+        )
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Weights to store, named `prompt.<task>`."""
-        return {f"prompt.{name}": p.detach().clone() for name, p in self.prompts.items()}
+        """Weights to store, named `prompt.<task>` (the vectors the residual network wrote)."""
+        with torch.no_grad():
+            return {f"prompt.{name}": self.prompt(name).detach().clone() for name in self.prompts}
 
     @classmethod
     def from_tensors(
@@ -190,3 +238,8 @@ class SoftPromptSet(nn.Module):
 
     def num_trainable(self) -> int:
         return count_trainable(self)
+
+
+def _key(task: str) -> str:
+    """A task name as a module key (ModuleDict keys may not contain dots)."""
+    return task.replace(".", "__")

@@ -75,6 +75,9 @@ class RenderedPrompt:
     """Demonstrations dropped to fit the context budget."""
     truncated_input: bool
     """The test input was truncated to fit the context budget."""
+    input_start: int = 0
+    """The test input's first token: `ids[:input_start]` is the text before it (chat template,
+    instruction, demonstrations), the same for every input of a task and demonstration set."""
 
 
 class Prompter:
@@ -122,7 +125,9 @@ class Prompter:
             self._cue += " " + COT_TRIGGER
         self._sep = "" if self.use_chat else " "
         # Continuations are tokenized after a prefix's end so that they join it exactly.
-        self._anchor_text = self._render_text((), {name: "" for name in spec.input_fields})
+        self._empty_fields = {name: "" for name in spec.input_fields}
+        self._empty_ids: list[int] | None = None
+        self._anchor_text = self._render_text((), self._empty_fields)
         self._anchor_ids = self._encode_plain(self._anchor_text)
         if answer_tokens is None:  # room for the longest label verbalizer
             answers = [self.continuation_ids(v) for v in spec.labels.values()]
@@ -157,7 +162,8 @@ class Prompter:
             text, ids = self._truncate(fields, len(ids), note)
         if dropped or truncated:
             self._note_cut(example, dropped, truncated)
-        return RenderedPrompt(ids, text, kept, dropped, truncated)
+        start = self._input_start(ids, turns[len(turns) - kept :] if kept else ())
+        return RenderedPrompt(ids, text, kept, dropped, truncated, start)
 
     def render_content_free(
         self, demos: Sequence[Example] = (), content: str = "N/A"
@@ -216,6 +222,22 @@ class Prompter:
         return answer.removesuffix(".").strip()
 
     # -- rendering --------------------------------------------------------------------------
+
+    def _input_start(self, ids: Sequence[int], turns: Sequence[tuple[str, str]]) -> int:
+        """Tokens `ids` shares with the prompt of an empty input after the same `turns` (so
+        where the input begins), leaving the input at least one token."""
+        if not turns:
+            if self._empty_ids is None:
+                self._empty_ids = self._encode(self._render_text((), self._empty_fields))
+            empty = self._empty_ids
+        else:
+            empty = self._encode(self._render_text(turns, self._empty_fields))
+        start = 0
+        for a, b in zip(ids, empty, strict=False):
+            if a != b:
+                break
+            start += 1
+        return min(start, max(len(ids) - 1, 0))
 
     def _render_text(
         self, turns: Sequence[tuple[str, str]], fields: Mapping[str, str], note: str = ""

@@ -2,7 +2,7 @@
 
 The frozen backbone itself is never touched: each baseline trains a deep copy. The trainable
 weights are wrapped in `FineTuned`, an nn.Module that is also a `Plugin` adding no soft
-tokens, so the one training loop (`train.train`) and `evaluate` take a baseline exactly like a
+conditioning, so the one training loop (`train.train`) and `evaluate` take a baseline exactly like a
 plug-in: same rows, same loss on target tokens, same dev early stopping, same checkpoints.
 """
 
@@ -11,15 +11,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import PreTrainedModel
 
 from frozenlm.backbone import Backbone
-from frozenlm.plugins.protocol import single_group
+from frozenlm.plugins.protocol import NONE, Conditioning, single_group
 from frozenlm.tasks import Example, TaskSpec
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -43,8 +42,8 @@ class FineTuned(nn.Module):
     """The trainable weights of a fine-tuned copy of the backbone, under stable names.
 
     It registers those parameters (not the whole model), so the training loop's optimizer,
-    checkpoints and resume see exactly what is trained. `soft_tokens` returns no soft tokens:
-    the copy's own weights carry the task.
+    checkpoints and resume see exactly what is trained. `condition` adds nothing: the copy's
+    own weights carry the task.
     """
 
     reads_input = False
@@ -55,13 +54,10 @@ class FineTuned(nn.Module):
         self.method = method
         named = dict(model.named_parameters())
         self.weights = nn.ParameterDict({_key(n): named[n] for n in trainable})
-        embeddings = cast(nn.Embedding, cast(PreTrainedModel, model).get_input_embeddings())
-        self._width = int(embeddings.weight.shape[1])
 
-    def soft_tokens(self, task: TaskSpec, examples: Sequence[Example]) -> list[torch.Tensor]:
-        """No soft tokens ([0, D] per example, on the weights' device)."""
-        device = next(iter(self.weights.values())).device
-        return [torch.zeros(0, self._width, device=device)] * len(examples)
+    def condition(self, task: TaskSpec, examples: Sequence[Example]) -> list[Conditioning]:
+        """No conditioning: the copy's weights carry the task."""
+        return [NONE] * len(examples)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The trained weights, under their names in the model (what a user must store)."""

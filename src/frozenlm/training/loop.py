@@ -4,7 +4,13 @@ Defaults are the recipe of Lester et al. 2021 for prompt tuning: Adafactor with 
 learning rate of 0.3, no parameter scaling, no relative step, weight decay 1e-5, early stopping
 on the dev metric. Rows of a batch may belong to different tasks (mixed-task batches); the data
 order is a pure function of (seed, step), so a run resumed from its last checkpoint finishes
-exactly like an uninterrupted one.
+exactly like an uninterrupted one. Each plug-in kind may bring its own recipe
+(`frozenlm.plugins.registry.recipe`).
+
+The loop guards against collapse: gradients are clipped, the learning rate may warm up, and a
+run that diverges (its dev metric falls below calibrated zero-shot prompting after having been
+better, or its training loss rises over several evaluations) goes back to its best state with a
+lower learning rate, which is logged and recorded in the result.
 
 Layout of `out`: the best checkpoint (by dev metric) in `out/best/`, the latest state for
 `--resume` (plug-in, optimizer, RNG, step) in `out/last/`.
@@ -28,10 +34,10 @@ from transformers.optimization import Adafactor
 from frozenlm.atomic import check_output_folder, leftovers, remove_folder
 from frozenlm.backbone import Backbone
 from frozenlm.devices import seeded_rng
-from frozenlm.engine.batching import Row
 from frozenlm.engine.loss import batch_loss
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, evaluate
+from frozenlm.metrics import majority_label
 from frozenlm.plugins.checkpoint import (
     load_training_state,
     optimizer_state_from_tensors,
@@ -40,7 +46,7 @@ from frozenlm.plugins.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from frozenlm.plugins.protocol import Plugin, soft_tokens_by_row
+from frozenlm.plugins.protocol import Plugin, conditioning_by_row
 from frozenlm.progress import progress
 from frozenlm.prompts.render import PromptConfig, Prompter
 from frozenlm.tasks import Example, Task, TaskSpec
@@ -80,6 +86,23 @@ class TrainConfig:
     """Multi-task training: each task contributes at most this many train rows, a seeded sample
     (examples-proportional mixing with a cap, Raffel et al. 2020), so a large task does not
     drown the others. None: every row of every task."""
+    warmup: int = 0
+    """Steps over which the learning rate rises linearly from lr / warmup to lr."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (None: no clipping)."""
+    balance: Literal["none", "sample"] = "sample"
+    """sample: every class of a classification task is drawn equally often (rows of smaller
+    classes repeat within an epoch), so an imbalanced task is not learnt as its majority class;
+    on a balanced task it changes nothing. none: rows as they come."""
+    recover: bool = True
+    """Watch for divergence at each dev evaluation and go back to the best state with the
+    learning rate times `recover_factor` (at most `max_recoveries` times)."""
+    recover_factor: float = 0.3
+    """What a recovery multiplies the learning rate by."""
+    max_recoveries: int = 3
+    """Recoveries at most; a run diverging again after them stops early."""
+    rising_evals: int = 3
+    """Divergence: the mean training loss rose at this many dev evaluations in a row."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_every"):
@@ -89,6 +112,18 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if self.task_cap is not None and self.task_cap < 1:
             raise ConfigError(f"task-cap must be at least 1, got {self.task_cap}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be 0 or more steps, got {self.warmup}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"max-grad-norm must be positive, got {self.max_grad_norm}")
+        if self.balance not in ("none", "sample"):
+            raise ConfigError(f"balance must be none or sample, got {self.balance!r}")
+        if not 0 < self.recover_factor < 1:
+            raise ConfigError(f"recover-factor must be in (0, 1), got {self.recover_factor}")
+
+    def lr_scale(self, step: int) -> float:
+        """The warm-up's factor on the learning rate at optimizer step `step` (from 0)."""
+        return min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig(shots=0, chat_template=self.chat_template, seed=self.seed)
@@ -104,6 +139,12 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+    """Each divergence caught: step, reason, the learning rate factor after it."""
+    floor: float | None = None
+    """The dev metric of calibrated zero-shot prompting the run was watched against."""
+    majority: float | None = None
+    """The dev accuracy of predicting the train split's majority class (classification)."""
 
 
 @dataclass(frozen=True)
@@ -114,12 +155,16 @@ class TrainRow:
     example: Example
     prefix: list[int]
     target: list[int]
+    input_start: int = 0
+    """Where the input begins in `prefix` (a plug-in may put its soft tokens there)."""
 
 
 def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> list[TrainRow]:
     """Every train example of every task as (prompt ids, target ids): zero-shot prompts whose
     targets are the label verbalizer (classification) or the reference answer (generation).
-    With `config.task_cap`, a task with more train examples contributes a seeded sample of them."""
+    With `config.task_cap`, a task with more train examples contributes a seeded sample of them;
+    with `config.balance` "sample", rows of a classification task's smaller classes repeat
+    until every class has as many as the largest."""
     rows: list[TrainRow] = []
     for task in tasks:
         examples = list(task.train)
@@ -132,12 +177,28 @@ def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig
             max_tokens=min(backbone.max_length, 1024),
             answer_tokens=32,
         )
+        if config.balance == "sample" and task.spec.kind == "classification":
+            examples = balanced_rows(examples)
         for ex in examples:
             target = prompter.continuation_ids(prompter.demo_answer(ex))
-            rows.append(TrainRow(task.spec, ex, prompter.render(ex).ids, target))
+            prompt = prompter.render(ex)
+            rows.append(TrainRow(task.spec, ex, prompt.ids, target, prompt.input_start))
     if not rows:
         raise ConfigError("the tasks have no training examples")
     return rows
+
+
+def balanced_rows(examples: Sequence[Example]) -> list[Example]:
+    """`examples` with each class's rows repeated (cycling in order) up to the largest class's
+    count: every class is drawn equally often, and nothing changes when they already are."""
+    by_label: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_label.setdefault(ex.label, []).append(ex)
+    largest = max((len(group) for group in by_label.values()), default=0)
+    out = list(examples)
+    for group in by_label.values():
+        out += [group[i % len(group)] for i in range(largest - len(group))]
+    return out
 
 
 class DataOrder:
@@ -175,17 +236,34 @@ def make_optimizer(
 
 
 def dev_metric(
-    backbone: Backbone, plugin: Plugin, tasks: Sequence[Task], config: TrainConfig
+    backbone: Backbone, plugin: Plugin | None, tasks: Sequence[Task], config: TrainConfig
 ) -> tuple[float, dict[str, float]]:
-    """Mean over tasks of each task's headline dev metric."""
+    """Mean over tasks of each task's headline dev metric (with `plugin`, or of calibrated
+    zero-shot prompting without one)."""
     per_task = {}
     for task in tasks:
         eval_config = EvalConfig(
-            split="dev", limit=config.eval_limit, chat_template=config.chat_template
+            split="dev",
+            limit=config.eval_limit,
+            chat_template=config.chat_template,
+            calibrate=plugin is None and task.spec.kind == "classification",
         )
         report = evaluate(backbone, task, eval_config, plugin=plugin)
         per_task[task.name] = report.metrics[task.spec.metric].value
     return sum(per_task.values()) / len(per_task), per_task
+
+
+def dev_majority(tasks: Sequence[Task], config: TrainConfig) -> float | None:
+    """Mean dev accuracy of predicting each task's train majority class (None: a task is not
+    classification)."""
+    if any(t.spec.kind != "classification" for t in tasks):
+        return None
+    shares = []
+    for task in tasks:
+        majority = majority_label([ex.label for ex in task.train])
+        dev = list(task.dev)[: config.eval_limit]
+        shares.append(sum(ex.label == majority for ex in dev) / max(len(dev), 1))
+    return sum(shares) / len(shares)
 
 
 @dataclass
@@ -205,12 +283,27 @@ class TrainState:
     """Training loss summed since the last dev evaluation..."""
     loss_steps: int = 0
     """...over this many steps."""
+    lr_factor: float = 1.0
+    """What recoveries from divergence have multiplied the learning rate by."""
+    rising: int = 0
+    """Dev evaluations in a row at which the mean training loss rose."""
+    floor: float | None = None
+    """Calibrated zero-shot dev metric (the divergence floor), measured once at the start."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One entry per dev evaluation: step, mean training loss, dev metric, per-task metric."""
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per divergence caught: step, reason, learning rate factor after it."""
 
     def loop(self) -> dict[str, Any]:
         """The counters as saved under "loop" (everything but the history)."""
         return {k: v for k, v in asdict(self).items() if k != "history"}
+
+    @classmethod
+    def from_saved(cls, loop: dict[str, Any], history: list[dict[str, Any]]) -> TrainState:
+        """A state from its saved "loop" dict (a run saved before a field existed gets its
+        default)."""
+        known = {k: v for k, v in loop.items() if k in cls.__dataclass_fields__}
+        return cls(**known, history=history)
 
 
 @dataclass
@@ -227,6 +320,10 @@ class Run:
     optimizer: torch.optim.Optimizer
     rows: list[TrainRow]
     order: DataOrder
+    base_lrs: list[float] = field(default_factory=list)
+    """Each optimizer group's learning rate before warm-up and recoveries."""
+    best_params: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The plug-in's parameters at its best dev evaluation (what a recovery goes back to)."""
 
 
 def setup(
@@ -243,6 +340,7 @@ def setup(
     the rows, their order and the state to start from: step 0, or `out/last/` on resume (which
     also restores the plug-in, the optimizer and the RNG)."""
     rows = training_rows(backbone, tasks, config)
+    optimizer = make_optimizer(plugin.param_groups(config.lr), config)
     run = Run(
         backbone=backbone,
         plugin=plugin,
@@ -250,13 +348,18 @@ def setup(
         config=config,
         out=out,
         meta={**meta, "train_config": asdict(config)},
-        optimizer=make_optimizer(plugin.param_groups(config.lr), config),
+        optimizer=optimizer,
         rows=rows,
         order=DataOrder(len(rows), config.seed),
+        base_lrs=[float(group["lr"]) for group in optimizer.param_groups],
     )
     state = TrainState()
     if resume:
         state = resume_state(run) or state
+    if config.recover and state.floor is None:
+        plugin.eval()
+        state.floor, _ = dev_metric(backbone, None, tasks, config)
+        plugin.train()
     return run, state
 
 
@@ -280,7 +383,8 @@ def resume_state(run: Run) -> TrainState | None:
     restore_rng_state(
         {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, saved_meta["rng"]
     )
-    return TrainState(**saved_meta["loop"], history=saved_meta["history"])
+    run.best_params = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return TrainState.from_saved(saved_meta["loop"], saved_meta["history"])
 
 
 def micro_batch(run: Run, step: int, micro: int) -> list[TrainRow]:
@@ -290,17 +394,24 @@ def micro_batch(run: Run, step: int, micro: int) -> list[TrainRow]:
     return [run.rows[run.order[p]] for p in range(first, first + size)]
 
 
-def optimizer_step(run: Run, step: int) -> float:
-    """One optimizer step over `grad_accum` micro-batches; returns its training loss."""
+def optimizer_step(run: Run, step: int, lr_factor: float = 1.0) -> float:
+    """One optimizer step over `grad_accum` micro-batches, at the learning rate warm-up and
+    recoveries give step `step`, gradients clipped; returns its training loss."""
+    scale = run.config.lr_scale(step) * lr_factor
+    for group, base in zip(run.optimizer.param_groups, run.base_lrs, strict=True):
+        group["lr"] = base * scale
     total = 0.0
     for micro in range(run.config.grad_accum):
         batch = micro_batch(run, step, micro)
-        soft = soft_tokens_by_row([(run.plugin, r.task, r.example) for r in batch])
-        rows = [Row(r.prefix, s) for r, s in zip(batch, soft, strict=True)]
+        made = conditioning_by_row([(run.plugin, r.task, r.example) for r in batch])
+        rows = [c.row(r.prefix, r.input_start) for r, c in zip(batch, made, strict=True)]
         targets = [r.target for r in batch]
         loss = batch_loss(run.backbone, rows, targets) / run.config.grad_accum
         loss.backward()
         total += float(loss.detach())
+    if run.config.max_grad_norm is not None:
+        trainable = [p for p in run.plugin.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(trainable, run.config.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return total
@@ -321,9 +432,56 @@ def evaluate_dev(run: Run, state: TrainState) -> tuple[float, dict[str, float]]:
 
 
 def save_best(run: Run, state: TrainState, metric: float, per_task: dict[str, float]) -> None:
-    """The plug-in and its dev metrics in `out/best/`."""
+    """The plug-in and its dev metrics in `out/best/` (and its parameters in memory, for a
+    recovery)."""
     metrics = {"dev": metric, "dev_per_task": per_task, "step": state.step}
     save_checkpoint(run.out / "best", run.plugin.tensors(), {**run.meta, "metrics": metrics})
+    run.best_params = {n: p.detach().clone() for n, p in run.plugin.named_parameters()}
+
+
+def divergence(run: Run, state: TrainState, metric: float) -> str | None:
+    """Why the run has diverged at this dev evaluation, or None: its dev metric fell below
+    calibrated zero-shot prompting after having been above it, or its training loss rose
+    `rising_evals` evaluations in a row."""
+    config = run.config
+    if len(state.history) >= 2 and state.history[-1]["loss"] > state.history[-2]["loss"]:
+        state.rising += 1
+    else:
+        state.rising = 0
+    best = state.best
+    if state.floor is not None and best is not None and best > state.floor > metric:
+        return (
+            f"the dev metric fell to {metric:.3f}, below calibrated zero-shot prompting "
+            f"({state.floor:.3f}), from {best:.3f}"
+        )
+    if state.rising >= config.rising_evals:
+        return f"the training loss rose at {state.rising} dev evaluations in a row"
+    return None
+
+
+def recover(run: Run, state: TrainState, reason: str) -> bool:
+    """Back to the best state with a lower learning rate (fresh optimizer statistics); False
+    when the run has used its recoveries (it should stop)."""
+    config = run.config
+    if len(state.recoveries) >= config.max_recoveries or not run.best_params:
+        log.warning("training diverged at step %d (%s); no recovery left", state.step, reason)
+        state.recoveries.append({"step": state.step, "reason": reason, "lr_factor": None})
+        return False
+    state.lr_factor *= config.recover_factor
+    with torch.no_grad():
+        for name, param in run.plugin.named_parameters():
+            param.copy_(run.best_params[name])
+    run.optimizer.state.clear()
+    state.rising, state.bad = 0, 0
+    state.recoveries.append({"step": state.step, "reason": reason, "lr_factor": state.lr_factor})
+    log.warning(
+        "training diverged at step %d (%s): back to the best state (step %d), learning rate x%g",
+        state.step,
+        reason,
+        state.best_step,
+        state.lr_factor,
+    )
+    return True
 
 
 def save_last(run: Run, state: TrainState) -> None:
@@ -332,6 +490,7 @@ def save_last(run: Run, state: TrainState) -> None:
     opt_tensors, opt_meta = optimizer_state_to_tensors(run.optimizer.state_dict())
     rng_tensors, rng_meta = rng_state()
     training = {f"param.{n}": p.detach().clone() for n, p in run.plugin.named_parameters()}
+    training |= {f"best.{n}": p for n, p in run.best_params.items()}
     training |= {f"opt.{k}": v for k, v in opt_tensors.items()}
     training |= {f"rng.{k}": v for k, v in rng_tensors.items()}
     meta = run.meta
@@ -363,7 +522,7 @@ def train_steps(run: Run, state: TrainState) -> bool:
     stopped = config.patience > 0 and state.bad >= config.patience  # resumed after it stopped
     bar = progress(total=config.steps, initial=state.step, desc="train", unit="step")
     while state.step < config.steps and not stopped:
-        loss = optimizer_step(run, state.step)
+        loss = optimizer_step(run, state.step, state.lr_factor)
         state.step += 1
         state.loss_sum += loss
         state.loss_steps += 1
@@ -371,12 +530,15 @@ def train_steps(run: Run, state: TrainState) -> bool:
         bar.set_postfix(loss=f"{loss:.3f}", best=state.best)
         if state.step % config.eval_every == 0 or state.step == config.steps:
             metric, per_task = evaluate_dev(run, state)
+            reason = divergence(run, state, metric) if config.recover else None
             if state.best is None or metric > state.best:
                 state.best, state.best_step, state.bad = metric, state.step, 0
                 save_best(run, state, metric, per_task)
             else:
                 state.bad += 1
             stopped = config.patience > 0 and state.bad >= config.patience
+            if reason is not None:
+                stopped = not recover(run, state, reason)
             if config.save_last:
                 save_last(run, state)
             bar.set_postfix(loss=f"{loss:.3f}", dev=f"{metric:.3f}", best=f"{state.best:.3f}")
@@ -401,17 +563,28 @@ def train(
     the caller's RNG state is left as it was (`seeded_rng`).
     """
     with seeded_rng(config.seed, backbone.device):
-        run, state = setup(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
         start = time.perf_counter()
+        run, state = setup(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
         stopped = train_steps(run, state)
-    return TrainResult(
+    result = TrainResult(
         best_metric=state.best if state.best is not None else float("nan"),
         best_step=state.best_step,
         steps_done=state.step,
         stopped_early=stopped,
         seconds=time.perf_counter() - start,
         history=state.history,
+        recoveries=state.recoveries,
+        floor=state.floor,
+        majority=dev_majority(tasks, config),
     )
+    if result.majority is not None and result.best_metric <= result.majority:
+        log.warning(
+            "the trained plug-in's best dev accuracy (%.3f) is not above the majority class "
+            "(%.3f): it has learnt no more than the label prior",
+            result.best_metric,
+            result.majority,
+        )
+    return result
 
 
 def train_plugin(
