@@ -8,6 +8,9 @@
   PEFT runs every row in full, padded. Peak memory of each is measured in a fresh subprocess:
   the peak RSS during the steps minus the RSS before them (model loaded). Target
   `step_ratio` <= 0.7.
+- train step of the deep prompt (key/value prefixes at every layer, `--method prefix`, its default
+  length and recipe) vs the soft prompt's, both through the training loop's own step on the same
+  rows, interleaved. Target `prefix_step_ratio` <= 1.2.
 - scoring with the prompt KV cache vs recomputing the prompt, P=100, inputs of 64 tokens.
   Target `cache_speedup` >= 1.5.
 - 32 rows of 4 tasks (each row its task's prompt) in batches of 8 sorted by length, across tasks
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
@@ -33,6 +37,7 @@ from transformers import AutoModelForCausalLM
 
 from frozenlm.atomic import atomic_write_json
 from frozenlm.backbone import Backbone, embedded_model_folder
+from frozenlm.codec import to_json
 from frozenlm.engine.batching import Row, token_budget_batches
 from frozenlm.engine.loss import batch_loss
 from frozenlm.engine.prefix_cache import PrefixCache
@@ -40,6 +45,7 @@ from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.engine.splice import IGNORE_INDEX
 from frozenlm.evaluation.evaluate import EvalConfig
 from frozenlm.measure import PeakMemory
+from frozenlm.plugins.prefix import PrefixConfig
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.prompts.render import PromptConfig, Prompter
 from frozenlm.tasks import load_task
@@ -74,6 +80,27 @@ def frozenlm_step_fn(backbone: Backbone, prefixes, targets) -> Callable[[], floa
         return float(loss.detach())
 
     return step
+
+
+def loop_step_fn(backbone: Backbone, method: str, config: dict) -> Callable[[], float]:
+    """One optimizer step of the training loop itself (`optimizer_step`) for a new plug-in of
+    `method`, over the same 8 sentiment rows every call, with that kind's recipe."""
+    from dataclasses import replace
+
+    from frozenlm.plugins.registry import new_plugin, recipe
+    from frozenlm.training.loop import DataOrder, Run, optimizer_step, training_rows
+
+    task = load_task("sentiment")
+    task = replace(task, train=task.train[:BATCH])
+    train_config = TrainConfig(batch_size=BATCH, **recipe(method))
+    plugin = new_plugin(method, config, backbone, [task.spec], seed=0)
+    rows = training_rows(backbone, [task], replace(train_config, balance="none"))
+    run = Run(
+        backbone, plugin, [task], train_config, Path("unused"), {},
+        make_optimizer(plugin.param_groups(train_config.lr), train_config), rows,
+        DataOrder(len(rows), 0), [float(g["lr"]) for g in plugin.param_groups(train_config.lr)],
+    )  # fmt: skip
+    return lambda: optimizer_step(run, 0)
 
 
 def peft_step_fn(prefixes, targets) -> Callable[[], float]:
@@ -182,6 +209,23 @@ def main() -> None:
     result["step_ratio"] = result["frozenlm_step_s"] / result["peft_step_s"]  # type: ignore[operator]
     result["frozenlm_peak_mb"] = peak_memory_mb("frozenlm", 3)
     result["peft_peak_mb"] = peak_memory_mb("peft", 3)
+
+    # 1b. Deep prompt step vs soft prompt step, both through the loop's own step.
+    soft_config, prefix_config = SoftPromptConfig(), PrefixConfig()
+    soft_step = loop_step_fn(backbone, "soft-prompt", to_json(soft_config))
+    prefix_step = loop_step_fn(backbone, "prefix", to_json(prefix_config))
+    soft_step(), prefix_step()  # warm-up
+    soft_s, prefix_s = [], []
+    for _ in range(args.steps):
+        soft_s.append(timed(soft_step))
+        prefix_s.append(timed(prefix_step))
+    result |= {
+        "soft_prompt_length": soft_config.length,
+        "prefix_length": prefix_config.length,
+        "soft_step_s": statistics.median(soft_s),
+        "prefix_step_s": statistics.median(prefix_s),
+    }
+    result["prefix_step_ratio"] = result["prefix_step_s"] / result["soft_step_s"]  # type: ignore[operator]
 
     # 2. Prompt KV cache: P=100, inputs of 64 tokens, 32 rows in batches of 8.
     generator = torch.Generator().manual_seed(0)

@@ -266,16 +266,25 @@ def _train_command(task_file: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("method", "tensor"), [("soft-prompt", "prompt.toy"), ("prefix", "prefix.toy")]
+)
+def test_resume_after_kill_matches_an_uninterrupted_run(
+    tmp_path: Path, method: str, tensor: str
+) -> None:
     task_file = write_toy_task(tmp_path, 48)
     env = {**os.environ, "TQDM_DISABLE": "1"}
+    chosen = ("--method", method)
     subprocess.run(
-        _train_command(task_file, tmp_path / "whole"), check=True, env=env, capture_output=True
+        _train_command(task_file, tmp_path / "whole", *chosen),
+        check=True,
+        env=env,
+        capture_output=True,
     )
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        _train_command(task_file, out),
+        _train_command(task_file, out, *chosen),
         env=env,
         stderr=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -288,12 +297,15 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     state = json.loads((out / "last" / "training_state.json").read_text())
     assert state["loop"]["step"] < 40  # killed mid-run
     subprocess.run(
-        _train_command(task_file, out, "--resume"), check=True, env=env, capture_output=True
+        _train_command(task_file, out, *chosen, "--resume"),
+        check=True,
+        env=env,
+        capture_output=True,
     )
 
     whole = load_checkpoint(tmp_path / "whole" / "last")
     resumed = load_checkpoint(out / "last")
-    assert torch.equal(whole.tensors["prompt.toy"], resumed.tensors["prompt.toy"])
+    assert torch.equal(whole.tensors[tensor], resumed.tensors[tensor])
     best_whole = load_checkpoint(tmp_path / "whole" / "best").meta["metrics"]
     best_resumed = load_checkpoint(out / "best").meta["metrics"]
     assert best_whole == best_resumed

@@ -16,22 +16,50 @@ if TYPE_CHECKING:
 
 DESCRIPTION = (
     "Train one plug-in on the tasks named, in mixed-task batches. soft-prompt: one prompt per "
-    "task (or one for all with --shared-prompt); id-pt: one generator that writes each input's "
-    "prompt from its instruction and text."
+    "task (or one for all with --shared-prompt); prefix: a deep prompt, keys and values at every "
+    "layer, per task; id-pt: one generator that writes each input's prompt from its instruction "
+    "and text. Each kind trains with its own measured recipe unless --optimizer, --lr, "
+    "--weight-decay or --warmup say otherwise."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from frozenlm.plugins.prefix import PrefixConfig
     from frozenlm.plugins.prompt_generator import EncoderKind, PromptGeneratorConfig
+    from frozenlm.plugins.protocol import SoftPosition
+    from frozenlm.plugins.registry import PLUGINS
     from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig
     from frozenlm.training.loop import TrainConfig
 
     parser.description = DESCRIPTION
     parser.add_argument("--task", required=True, help="task names or files, comma-separated")
-    parser.add_argument("--method", choices=["soft-prompt", "id-pt"], default="soft-prompt")
+    parser.add_argument("--method", choices=list(PLUGINS), default="soft-prompt")
     parser.add_argument("--out", required=True, help="output folder (best/ and last/ checkpoints)")
     parser.add_argument(
-        "--prompt-length", type=int, default=SoftPromptConfig.length, help="soft tokens per input"
+        "--prompt-length",
+        type=int,
+        help=f"soft tokens per input (default {SoftPromptConfig.length}); prefix: positions of "
+        f"the deep prompt (default {PrefixConfig.length})",
+    )
+    parser.add_argument(
+        "--position",
+        choices=[p.value for p in SoftPosition],
+        default=SoftPromptConfig.position.value,
+        help="soft-prompt: where the prompt sits (start: before everything; after-first: after "
+        "the template's first token; input: right before the input)",
+    )
+    parser.add_argument(
+        "--residual",
+        type=int,
+        default=SoftPromptConfig.residual,
+        help="soft-prompt: residual reparameterization with this bottleneck while training (0: "
+        "none)",
+    )
+    parser.add_argument(
+        "--reparameterize",
+        type=int,
+        default=PrefixConfig.reparameterize,
+        help="prefix: write the prefix through an MLP of this bottleneck while training (0: none)",
     )
     parser.add_argument(
         "--init", choices=[i.value for i in PromptInit], default=SoftPromptConfig.init.value
@@ -72,15 +100,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grad-accum", type=int, default=TrainConfig.grad_accum, help="micro-batches per step"
     )
     parser.add_argument(
-        "--optimizer", choices=["adafactor", "adamw"], default=TrainConfig.optimizer
+        "--optimizer", choices=["adafactor", "adamw"], help="default: the method's recipe"
     )
     parser.add_argument(
         "--lr",
         type=float,
-        default=TrainConfig.lr,
-        help="learning rate (Lester: 0.3); id-pt: its base prompt's, the network's is 1/300 of it",
+        help="learning rate (default: the method's recipe; soft-prompt: Lester's 0.3 with "
+        "Adafactor); id-pt: its base prompt's, the network's is 1/300 of it",
     )
-    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    parser.add_argument("--weight-decay", type=float, help="default: the method's recipe")
+    parser.add_argument(
+        "--warmup", type=int, help="steps of linear learning-rate warm-up (default: the recipe)"
+    )
+    parser.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=TrainConfig.max_grad_norm,
+        help="clip the gradient norm to this (0: no clipping)",
+    )
+    parser.add_argument(
+        "--balance",
+        choices=["none", "sample"],
+        default=TrainConfig.balance,
+        help="sample: draw every class equally often (repeats rows of smaller classes)",
+    )
+    parser.add_argument(
+        "--no-recover",
+        action="store_true",
+        help="do not go back to the best state with a lower learning rate when training diverges",
+    )
     parser.add_argument(
         "--eval-every",
         type=int,
@@ -112,39 +160,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from frozenlm.codec import to_json
+    from frozenlm.plugins.prefix import PrefixConfig
     from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
+    from frozenlm.plugins.registry import recipe
     from frozenlm.plugins.soft_prompt import SoftPromptConfig
     from frozenlm.training.loop import TrainConfig, train_plugin
 
     check_output_folder(args.out)
+    given = {
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "warmup": args.warmup,
+    }
+    chosen = recipe(args.method) | {k: v for k, v in given.items() if v is not None}
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
         eval_every=args.eval_every,
         eval_limit=args.eval_limit,
         patience=args.patience,
         seed=args.seed,
         chat_template=not args.no_chat_template,
         task_cap=args.task_cap,
+        max_grad_norm=args.max_grad_norm or None,
+        balance=args.balance,
+        recover=not args.no_recover,
+        **chosen,
     )
+    if args.shared_prompt and args.method != "soft-prompt":
+        raise ConfigError(f"--shared-prompt applies to soft prompts, not to {args.method}")
     if args.method == "id-pt":
-        if args.shared_prompt:
-            raise ConfigError("--shared-prompt applies to soft prompts, not to id-pt")
         plugin_config = to_json(
             PromptGeneratorConfig(
-                length=args.prompt_length,
+                length=args.prompt_length or PromptGeneratorConfig.length,
                 encoder=args.encoder,
                 width=args.generator_width,
                 layers=args.generator_layers,
             )
         )
+    elif args.method == "prefix":
+        plugin_config = to_json(
+            PrefixConfig(
+                length=args.prompt_length or PrefixConfig.length,
+                init=args.init,
+                reparameterize=args.reparameterize,
+            )
+        )
     else:
         plugin_config = to_json(
-            SoftPromptConfig(length=args.prompt_length, init=args.init, shared=args.shared_prompt)
+            SoftPromptConfig(
+                length=args.prompt_length or SoftPromptConfig.length,
+                init=args.init,
+                shared=args.shared_prompt,
+                position=args.position,
+                residual=args.residual,
+            )
         )
     backbone = load_backbone(args)
     result = train_plugin(

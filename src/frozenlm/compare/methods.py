@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,9 +20,10 @@ from frozenlm.codec import to_json
 from frozenlm.devices import seeded_rng
 from frozenlm.evaluation.evaluate import EvalConfig, Report
 from frozenlm.plugins.checkpoint import load_checkpoint, save_checkpoint
+from frozenlm.plugins.prefix import PrefixConfig
 from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
 from frozenlm.plugins.protocol import Plugin
-from frozenlm.plugins.registry import load_plugin, new_plugin, plugin_meta
+from frozenlm.plugins.registry import load_plugin, new_plugin, plugin_meta, recipe
 from frozenlm.plugins.soft_prompt import SoftPromptConfig
 from frozenlm.supericl.backends import LocalBackend
 from frozenlm.supericl.run import (
@@ -96,6 +97,8 @@ class Fitted:
     shares_backbone: bool = True
     """Served from the one frozen backbone (False: needs its own model copy per task)."""
     best_step: int | None = None
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+    """Divergences the training loop caught and recovered from (see `training.loop`)."""
     evaluator: Callable[[Task, EvalConfig], Report] | None = None
     """How to evaluate, for methods that are not a prompt or plug-in on a backbone (the plug-in
     classifier, SuperICL); None: `evaluate(backbone, task, config, plugin)`."""
@@ -168,21 +171,30 @@ def _train_config(budget: Budget, seed: int) -> TrainConfig:
 
 
 class TrainedPlugin:
-    """A plug-in method of the registry trained on the task with the one loop and the published
-    soft-prompt recipe (Adafactor 0.3; an ID-PT generator's network at 1/300 of it)."""
+    """A plug-in method of the registry trained on the task with the one loop and its kind's
+    recipe (`registry.recipe`: Lester's Adafactor 0.3 for soft prompts, an ID-PT generator's
+    network at 1/300 of it; AdamW for deep prompts), `train` overriding it."""
 
     trains = True
 
-    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self, name: str, config: Mapping[str, Any], train: Mapping[str, Any] | None = None
+    ) -> None:
         self.name, self.config = name, dict(config)
+        self.train_overrides = dict(train or {})
 
     def unavailable(self, task: Task) -> str | None:
         return None
 
+    def train_config(self, budget: Budget, seed: int) -> TrainConfig:
+        fields = recipe(self.name) | self.train_overrides
+        return replace(_train_config(budget, seed), **fields)
+
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
         plugin = new_plugin(self.name, self.config, backbone, [task.spec], seed)
         meta = plugin_meta(self.name, self.config, backbone, [task], [task.name])
-        result = train(backbone, plugin, [task], _train_config(budget, seed), work, meta=meta)
+        config = self.train_config(budget, seed)
+        result = train(backbone, plugin, [task], config, work, meta=meta)
         best, _ = load_plugin(work, backbone)
         return Fitted(
             backbone,
@@ -194,6 +206,7 @@ class TrainedPlugin:
             train_seconds=result.seconds,
             stored_bytes=folder_bytes(work / "best"),
             best_step=result.best_step,
+            recoveries=result.recoveries,
         )
 
 
@@ -258,6 +271,7 @@ class _FineTuning:
             stored_bytes=folder_bytes(work / "best"),
             shares_backbone=self.name == "lora",
             best_step=result.best_step,
+            recoveries=result.recoveries,
         )
 
 
@@ -389,6 +403,8 @@ METHODS: dict[str, Method] = {
     # Lester et al. 2021: class-label init, Adafactor lr 0.3.
     "soft-prompt": TrainedPlugin("soft-prompt", to_json(SoftPromptConfig())),
     "peft-prompt": PeftPrompt(),
+    # Li & Liang 2021, P-tuning v2: key/value prefixes at every layer.
+    "prefix": TrainedPlugin("prefix", to_json(PrefixConfig())),
     "lora": Lora(),
     "full-ft": FullFineTuning(),
     # Levine et al. 2022: a generator writes each input's prompt (here trained on one task).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ class PluginMethod:
     `new_plugin` moves it to the backbone's device)."""
     restore: Callable[[Checkpoint, Backbone], Plugin]
     """A saved checkpoint (already checked against the backbone) -> the plug-in."""
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    """How this kind trains best, as `TrainConfig` fields that differ from the defaults
+    (Lester's soft-prompt recipe); chosen by measurement (docs/results/quality)."""
 
 
 def _build_soft_prompt(
@@ -76,8 +79,17 @@ def _restore_prefix(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
 PLUGINS: dict[str, PluginMethod] = {
     "soft-prompt": PluginMethod(build=_build_soft_prompt, restore=_restore_soft_prompt),
     "id-pt": PluginMethod(build=_build_generator, restore=_restore_generator),
-    "prefix": PluginMethod(build=_build_prefix, restore=_restore_prefix),
+    "prefix": PluginMethod(
+        build=_build_prefix,
+        restore=_restore_prefix,
+        recipe={"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0},
+    ),
 }
+
+
+def recipe(method: str) -> dict[str, Any]:
+    """The `TrainConfig` fields `method` trains with unless the user sets them."""
+    return dict(plugin_method(method).recipe)
 
 
 def plugin_method(name: str) -> PluginMethod:
