@@ -18,6 +18,7 @@ from frozenlm.codec import to_json
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.checkpoint import load_checkpoint
+from frozenlm.plugins.prefix import PrefixConfig
 from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
@@ -90,17 +91,20 @@ def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(
     assert isinstance(plugin, SoftPromptSet) and plugin.task_names == ["toy"]
 
 
+@pytest.mark.parametrize("method", ["soft-prompt", "prefix"])
 def test_a_plugin_trained_in_float32_loads_and_scores_in_bfloat16(
-    tiny: Backbone, tmp_path: Path
+    tiny: Backbone, tmp_path: Path, method: str
 ) -> None:
     task_file = write_toy_task(tmp_path, 24)
     config = TrainConfig(steps=3, batch_size=4, eval_every=3, eval_limit=4)
-    prompt = to_json(SoftPromptConfig(length=4))
-    train_plugin(tiny, [str(task_file)], "soft-prompt", prompt, config, tmp_path / "run")
+    prompt = to_json(
+        SoftPromptConfig(length=4) if method == "soft-prompt" else PrefixConfig(length=4)
+    )
+    train_plugin(tiny, [str(task_file)], method, prompt, config, tmp_path / "run")
     half = Backbone.load("tiny", device="cpu", dtype="bfloat16")
     plugin, _ = load_plugin(tmp_path / "run", half)
-    assert isinstance(plugin, SoftPromptSet)
-    assert plugin.prompts["toy"].dtype == torch.float32  # plug-in weights stay fp32
+    weights = plugin.prompts if isinstance(plugin, SoftPromptSet) else plugin.prefixes  # type: ignore[attr-defined]
+    assert weights["toy"].dtype == torch.float32  # plug-in weights stay fp32
     task = load_task(str(task_file))
     eval_config = EvalConfig(split="test")
     low = evaluate(half, task, eval_config, plugin=plugin)
