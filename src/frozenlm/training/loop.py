@@ -358,9 +358,29 @@ def setup(
         state = resume_state(run) or state
     if config.recover and state.floor is None:
         plugin.eval()
-        state.floor, _ = dev_metric(backbone, None, tasks, config)
+        state.floor = zero_shot_floor(backbone, tasks, config)
         plugin.train()
     return run, state
+
+
+_FLOORS: dict[tuple[str, ...], float] = {}
+"""Calibrated zero-shot dev metrics already measured in this process (compare trains several
+methods on the same task and backbone)."""
+
+
+def zero_shot_floor(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> float:
+    """The dev metric of calibrated zero-shot prompting on `tasks`: what a trained plug-in must
+    stay above (computed once per backbone weights, tasks' splits and dev budget; a fine-tuned
+    copy starts as its base, whose fingerprint it keeps)."""
+    key = (
+        backbone.fingerprint,
+        str(config.eval_limit),
+        str(config.chat_template),
+        *(f"{t.name}:{t.split_hash()}" for t in tasks),
+    )
+    if key not in _FLOORS:
+        _FLOORS[key] = dev_metric(backbone, None, tasks, config)[0]
+    return _FLOORS[key]
 
 
 def resume_state(run: Run) -> TrainState | None:
