@@ -57,12 +57,12 @@ COMMANDS: dict[str, Command] = {
         models.run,
     ),
     "export-peft": Command(
-        "write a trained soft prompt as a PEFT adapter",
+        "write a trained soft prompt or deep prompt as a PEFT adapter",
         peft.add_export_arguments,
         peft.run_export,
     ),
     "import-peft": Command(
-        "turn a PEFT prompt-tuning adapter into a plug-in",
+        "turn a PEFT prompt-tuning or prefix-tuning adapter into a plug-in",
         peft.add_import_arguments,
         peft.run_import,
     ),

@@ -37,7 +37,12 @@ from frozenlm.supericl.small_classifier import ClassifierTrainConfig, SmallClass
 from frozenlm.tasks import Example, Task
 from frozenlm.training.finetune import FineTuned, LoraSettings, full_copy, lora_copy
 from frozenlm.training.loop import TrainConfig, train
-from frozenlm.training.peft_prompt import PeftPromptConfig, train_peft_prompt
+from frozenlm.training.peft_prompt import (
+    PeftPrefixConfig,
+    PeftPromptConfig,
+    train_peft_prefix,
+    train_peft_prompt,
+)
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,32 @@ class PeftPrompt:
         )
 
 
+class PeftPrefix:
+    """PEFT's PrefixTuning with the settings of its causal-LM example (30 virtual tokens, no
+    projection, AdamW lr 3e-2 decaying linearly), evaluated as a frozenlm deep prompt."""
+
+    name = "peft-prefix"
+    trains = True
+
+    def unavailable(self, task: Task) -> str | None:
+        return None
+
+    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
+        config = PeftPrefixConfig(steps=budget.steps, batch_size=budget.batch_size, seed=seed)
+        result = train_peft_prefix(backbone, task, config)
+        meta = plugin_meta("prefix", to_json(result.plugin.config), backbone, [task], [task.name])
+        save_checkpoint(work / "best", result.plugin.tensors(), meta)
+        return Fitted(
+            backbone,
+            EvalConfig(seed=seed),
+            plugin=result.plugin,
+            trainable_parameters=sum(t.numel() for t in result.plugin.tensors().values()),
+            labelled_train=len(task.train),
+            train_seconds=result.seconds,
+            stored_bytes=folder_bytes(work / "best"),
+        )
+
+
 class _FineTuning:
     """Shared by LoRA and full fine-tuning: train a copy with the one loop, keep its best."""
 
@@ -403,6 +434,7 @@ METHODS: dict[str, Method] = {
     # Lester et al. 2021: class-label init, Adafactor lr 0.3.
     "soft-prompt": TrainedPlugin("soft-prompt", to_json(SoftPromptConfig())),
     "peft-prompt": PeftPrompt(),
+    "peft-prefix": PeftPrefix(),
     # Li & Liang 2021, P-tuning v2: key/value prefixes at every layer.
     "prefix": TrainedPlugin("prefix", to_json(PrefixConfig())),
     "lora": Lora(),

@@ -19,6 +19,8 @@ METHOD_ORDER = (
     "few-shot",
     "soft-prompt",
     "peft-prompt",
+    "peft-prefix",
+    "prefix",
     "lora",
     "full-ft",
     "id-pt",
@@ -304,7 +306,7 @@ def _training_cost(heads: Heads) -> list[str]:
     times = {
         m: heads[(t, m)]["costs"]["train_seconds"]
         for (t, m) in heads
-        if m in ("full-ft", "lora", "soft-prompt", "peft-prompt", "id-pt")
+        if m in ("full-ft", "lora", "soft-prompt", "peft-prompt", "peft-prefix", "prefix", "id-pt")
     }
     if len(times) < 2 or min(times.values()) <= 0:
         return []
