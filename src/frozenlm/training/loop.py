@@ -8,9 +8,9 @@ exactly like an uninterrupted one. Each plug-in kind may bring its own recipe
 (`frozenlm.plugins.registry.recipe`).
 
 The loop guards against collapse: gradients are clipped, the learning rate may warm up, and a
-run that diverges (its dev metric falls below calibrated zero-shot prompting after having been
-better, or its training loss rises over several evaluations) goes back to its best state with a
-lower learning rate, which is logged and recorded in the result.
+run that diverges (its dev metric is below calibrated zero-shot prompting, or its training loss
+rises over several evaluations) goes back to its best state with a lower learning rate, which is
+logged and recorded in the result.
 
 Layout of `out`: the best checkpoint (by dev metric) in `out/best/`, the latest state for
 `--resume` (plug-in, optimizer, RNG, step) in `out/last/`.
@@ -460,19 +460,18 @@ def save_best(run: Run, state: TrainState, metric: float, per_task: dict[str, fl
 
 
 def divergence(run: Run, state: TrainState, metric: float) -> str | None:
-    """Why the run has diverged at this dev evaluation, or None: its dev metric fell below
-    calibrated zero-shot prompting after having been above it, or its training loss rose
-    `rising_evals` evaluations in a row."""
+    """Why the run has diverged at this dev evaluation, or None: its dev metric is below
+    calibrated zero-shot prompting (training made the frozen model worse than a prompt), or its
+    training loss rose `rising_evals` evaluations in a row."""
     config = run.config
     if len(state.history) >= 2 and state.history[-1]["loss"] > state.history[-2]["loss"]:
         state.rising += 1
     else:
         state.rising = 0
-    best = state.best
-    if state.floor is not None and best is not None and best > state.floor > metric:
+    if state.floor is not None and metric < state.floor:
         return (
-            f"the dev metric fell to {metric:.3f}, below calibrated zero-shot prompting "
-            f"({state.floor:.3f}), from {best:.3f}"
+            f"the dev metric is {metric:.3f}, below calibrated zero-shot prompting "
+            f"({state.floor:.3f})"
         )
     if state.rising >= config.rising_evals:
         return f"the training loss rose at {state.rising} dev evaluations in a row"
