@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from frozenlm.compare.majority import majority_notes
 from frozenlm.compare.report import (
     METHOD_ORDER,
     curve_table,
-    majority_notes,
     quality_table,
     ranking_check,
     report_summary,
@@ -175,7 +175,7 @@ def test_macro_f1_is_beside_accuracy_and_results_at_the_majority_class_are_marke
         "| lora | 0.600 [0.580, 0.620] † | 0.550 [0.500, 0.600] |",
         "| *majority class* | 0.700 | 0.412 |",
     ]
-    assert majority_notes(cells, ["t"]) == [
+    assert majority_notes(cells) == [
         "- † soft-prompt on t ends at the majority class: accuracy 0.700 vs 0.700 "
         "(every prediction 'pos'; macro-F1 0.412 vs 0.412).",
         "- † lora on t is at or below the majority class: accuracy 0.600 vs 0.700 "
@@ -196,7 +196,7 @@ def test_the_calibration_of_prompt_design_and_its_warnings_are_reported() -> Non
     other = _classified(_cell("few-shot", 0.8), 0.75, {"pos": 120, "neg": 80})
     other["calibration"] = {"mode": "prior", "chosen": "prior"}
     other["warnings"] = []
-    assert majority_notes([cell, other], ["t"]) == [
+    assert majority_notes([cell, other]) == [
         "- † zero-shot on t is at or below the majority class: accuracy 0.417 vs 0.700 "
         "(75% of predictions 'neg'; macro-F1 0.410 vs 0.412).",
         "- zero-shot on t: calibration chosen on 200 dev examples: uniform (dev macro-F1 none "

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 from matplotlib.figure import Figure
 
 from frozenlm.atomic import atomic_write_bytes, atomic_write_json
+from frozenlm.compare.majority import AT_MAJORITY, at_majority, majority_section
 
 METHOD_ORDER = (
     "zero-shot",
@@ -66,10 +67,6 @@ def headline_cells(cells: Sequence[dict[str, Any]]) -> Heads:
     return best
 
 
-AT_MAJORITY = "†"
-"""Marks a result at or below the majority class's accuracy on the same examples."""
-
-
 def _fmt_metric(test: dict[str, Any]) -> str:
     return f"{test['value']:.3f} [{test['low']:.3f}, {test['high']:.3f}]"
 
@@ -77,11 +74,6 @@ def _fmt_metric(test: dict[str, Any]) -> str:
 def _fmt_f1(test: dict[str, Any]) -> str:
     """The macro-F1 interval of a test result ("" when it has none: generation, old cells)."""
     return _fmt_metric(test["macro_f1"]) if "macro_f1" in test else ""
-
-
-def at_majority(test: dict[str, Any]) -> bool:
-    """Whether a test result is at or below the majority class's accuracy."""
-    return test.get("majority") is not None and test["value"] <= test["majority"]
 
 
 def _has_f1(cells: Sequence[dict[str, Any]], task: str) -> bool:
@@ -140,58 +132,6 @@ def quality_table(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list
                 cols.append(f"{value:.3f}" if value is not None else "")
         lines.append("| *majority class* | " + " | ".join(cols) + " |")
     return lines
-
-
-def _why(test: dict[str, Any]) -> str:
-    """What the predictions were, e.g. "every prediction 'pos'" ("" when not recorded)."""
-    counts: dict[str, int] = test.get("predicted") or {}
-    if not counts:
-        return ""
-    top, count = max(counts.items(), key=lambda item: item[1])
-    total = sum(counts.values())
-    if count == total:
-        return f"every prediction '{top}'"
-    return f"{count / total:.0%} of predictions '{top}'"
-
-
-def majority_notes(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[str]:
-    """One line per headline result at or below the majority class, saying why from its
-    predictions, then what calibration each prompt-design result used and its warnings."""
-    heads = [c for (t, _), c in headline_cells(cells).items() if t in tasks]
-    lines = []
-    for cell in heads:
-        test = cell["test"]
-        if not at_majority(test):
-            continue
-        ends = "ends at" if _why(test).startswith("every") else "is at or below"
-        details = [_why(test)] if _why(test) else []
-        if "macro_f1" in test and test.get("majority_macro_f1") is not None:
-            details.append(
-                f"macro-F1 {test['macro_f1']['value']:.3f} vs {test['majority_macro_f1']:.3f}"
-            )
-        lines.append(
-            f"- {AT_MAJORITY} {cell['method']} on {cell['task']} {ends} the majority class: "
-            f"accuracy {test['value']:.3f} vs {test['majority']:.3f}"
-            + (f" ({'; '.join(details)})" if details else "")
-            + "."
-        )
-    for cell in heads:
-        if cell.get("calibration"):
-            lines.append(f"- {cell['method']} on {cell['task']}: {_calibration(cell)}.")
-        lines += [f"- Warning: {w}" for w in cell.get("warnings", [])]
-    return lines
-
-
-def _calibration(cell: dict[str, Any]) -> str:
-    """What calibration a prompt-design cell used, from its `Report.calibration`."""
-    calibration = cell["calibration"]
-    if calibration["mode"] != "dev":
-        return f"calibrated ({calibration['mode']})"
-    f1 = ", ".join(f"{k} {v:.3f}" for k, v in calibration["dev_macro_f1"].items())
-    return (
-        f"calibration chosen on {calibration['dev_n']} dev examples: {calibration['chosen']} "
-        f"(dev macro-F1 {f1})"
-    )
 
 
 def cost_table(cells: Sequence[dict[str, Any]], backbone_bytes: int) -> list[str]:
@@ -542,14 +482,10 @@ def _summary_lines(
         "## Quality (test metric with bootstrap 95% interval, most training data)",
         "",
         *quality_table(main_cells, main_tasks),
-        *_with_heading(majority_notes(main_cells, main_tasks)),
+        *majority_section(
+            [c for (t, _), c in headline_cells(main_cells).items() if t in main_tasks]
+        ),
     ]
-
-
-def _with_heading(notes: list[str]) -> list[str]:
-    if not notes:
-        return []
-    return ["", f"{AT_MAJORITY}: at or below the majority class's accuracy.", "", *notes]
 
 
 def report_summary(
