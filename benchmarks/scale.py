@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,10 @@ def measure_one(name: str, examples: int, steps: int) -> dict[str, Any]:
     }
     task = load_task("sentiment")
     with torch.no_grad():
-        evaluate(backbone, task, EvalConfig(calibrate=True, limit=4))  # warm-up
-        report = evaluate(backbone, task, EvalConfig(calibrate=True, limit=examples))
+        # uniform: the scoring alone, without a dev pass to choose the calibration
+        config = EvalConfig(calibrate=True, calibration="uniform", limit=examples)
+        evaluate(backbone, task, replace(config, limit=4))  # warm-up
+        report = evaluate(backbone, task, config)
     result["score_examples_per_s"] = report.n / report.seconds
 
     config = TrainConfig(steps=steps + 1, batch_size=8, eval_every=10_000, save_last=False)

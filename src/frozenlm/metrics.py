@@ -1,11 +1,12 @@
-"""Metrics with bootstrap confidence intervals: accuracy, exact match, token F1, confusion."""
+"""Metrics with bootstrap confidence intervals: accuracy, macro-F1, exact match, token F1,
+confusion."""
 
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,30 @@ def bootstrap(per_example: Sequence[float], *, resamples: int = 1000, seed: int 
     means = scores[picks].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return Interval(float(scores.mean()), float(low), float(high))
+
+
+def bootstrap_pairs(
+    gold: Sequence[str],
+    predicted: Sequence[str],
+    statistic: Callable[[Sequence[str], Sequence[str]], float],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> Interval:
+    """`statistic(gold, predicted)` with a percentile bootstrap 95% interval over resampled
+    (gold, predicted) pairs: for a statistic that is not a mean of per-example scores (macro-F1).
+    For the same seed and size it draws the same resamples as `bootstrap`."""
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
+    if not gold:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    gold_array = np.asarray(gold, dtype=object)
+    predicted_array = np.asarray(predicted, dtype=object)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(gold), size=(resamples, len(gold)))
+    values = [statistic(gold_array[row].tolist(), predicted_array[row].tolist()) for row in picks]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return Interval(float(statistic(gold, predicted)), float(low), float(high))
 
 
 def normalize_answer(text: str) -> str:
@@ -83,14 +108,25 @@ def confusion_matrix(
 
 
 def macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> float:
-    """Unweighted mean over labels of per-label F1."""
+    """Unweighted mean of per-label F1 over those of `labels` that occur in `gold` or
+    `predicted` (a label in neither has no F1: 0/0; scikit-learn's default label set)."""
+    pairs = Counter(zip(gold, predicted, strict=True))
+    gold_counts, predicted_counts = Counter(gold), Counter(predicted)
     f1s = []
     for label in labels:
-        tp = sum(g == label and p == label for g, p in zip(gold, predicted, strict=True))
-        fp = sum(g != label and p == label for g, p in zip(gold, predicted, strict=True))
-        fn = sum(g == label and p != label for g, p in zip(gold, predicted, strict=True))
+        if not gold_counts[label] and not predicted_counts[label]:
+            continue
+        tp = pairs[(label, label)]
+        fp, fn = predicted_counts[label] - tp, gold_counts[label] - tp
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return float(np.mean(f1s)) if f1s else float("nan")
+
+
+def macro_f1_interval(
+    gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str], *, seed: int = 0
+) -> Interval:
+    """Macro-F1 over `labels` with its bootstrap 95% interval (`bootstrap_pairs`)."""
+    return bootstrap_pairs(gold, predicted, lambda g, p: macro_f1(g, p, labels), seed=seed)
 
 
 def majority_label(train_labels: Sequence[str]) -> str:

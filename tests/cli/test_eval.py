@@ -57,3 +57,24 @@ def test_eval_is_the_library_call_with_the_same_options(
     (record,) = list_records(runs)
     assert record.config["device"] == "cpu" and record.config["dtype"] == "float32"
     assert record.experiment == "eval --task trec --method few-shot --shots 2 --calibrate --limit 6"
+
+
+def test_calibrate_takes_a_mode_and_defaults_to_the_library_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["eval", "--task", "sentiment", "--backbone", "tiny", "--limit", "4"]
+    runs = [
+        (["--calibrate"], EvalConfig.calibration),
+        (["--calibrate", "uniform"], "uniform"),
+        (["--calibrate", "dev", "--dev-limit", "3"], "dev"),
+    ]
+    for flags, mode in runs:
+        out = tmp_path / f"{mode}.json"
+        assert main([*base, *flags, "--out", str(out)]) == 0
+        calibration = json.loads(out.read_text())["calibration"]
+        assert calibration["mode"] == mode
+        assert f"  calibration: {mode}" in capsys.readouterr().out
+    assert calibration["dev_n"] == 3 and calibration["chosen"] in ("none", "uniform", "prior")
+    with pytest.raises(SystemExit):
+        main([*base, "--calibrate", "zhao"])
+    assert "invalid choice: 'zhao'" in capsys.readouterr().err

@@ -82,11 +82,12 @@ def test_eval_writes_a_record_with_what_ran_and_what_came_out(
     report = json.loads(out.read_text())
     assert record.metrics == {
         "trec": {
-            "accuracy": {
-                **report["metrics"]["accuracy"],
-                "baseline": report["baseline"]["accuracy"]["value"],
+            name: {
+                **report["metrics"][name],
+                "baseline": report["baseline"][name]["value"],
                 "n": 8,
             }
+            for name in ("accuracy", "macro_f1")
         }
     }
     assert record.costs == {"seconds": report["seconds"], "examples": 8}

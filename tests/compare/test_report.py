@@ -4,8 +4,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from frozenlm.compare.majority import majority_notes
 from frozenlm.compare.report import (
     METHOD_ORDER,
+    curve_table,
+    quality_table,
     ranking_check,
     report_summary,
     serving_bytes,
@@ -143,3 +146,75 @@ assert raw(matplotlib.rcParams, "backend") == backend, "the backend was set"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "learning_curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _classified(cell: dict[str, Any], f1: float, predicted: dict[str, int]) -> dict[str, Any]:
+    """`cell` as classification reports it: macro-F1, the majority class's scores (0.700
+    accuracy, 0.412 macro-F1) and how often each label was predicted."""
+    cell["test"] |= {
+        "macro_f1": {"value": f1, "low": f1 - 0.05, "high": f1 + 0.05},
+        "majority": 0.7,
+        "majority_macro_f1": 0.412,
+        "majority_label": "pos",
+        "predicted": predicted,
+    }
+    return cell
+
+
+def test_macro_f1_is_beside_accuracy_and_results_at_the_majority_class_are_marked() -> None:
+    cells = [
+        _classified(_cell("zero-shot", 0.8), 0.75, {"pos": 60, "neg": 40}),
+        _classified(_cell("soft-prompt", 0.7), 0.412, {"pos": 100}),
+        _classified(_cell("lora", 0.6), 0.55, {"neg": 80, "pos": 20}),
+    ]
+    assert quality_table(cells, ["t"]) == [
+        "| method | t | t macro-F1 |",
+        "|---|---|---|",
+        "| zero-shot | 0.800 [0.780, 0.820] | 0.750 [0.700, 0.800] |",
+        "| soft-prompt | 0.700 [0.680, 0.720] † | 0.412 [0.362, 0.462] |",
+        "| lora | 0.600 [0.580, 0.620] † | 0.550 [0.500, 0.600] |",
+        "| *majority class* | 0.700 | 0.412 |",
+    ]
+    assert majority_notes(cells) == [
+        "- † soft-prompt on t ends at the majority class: accuracy 0.700 vs 0.700 "
+        "(every prediction 'pos'; macro-F1 0.412 vs 0.412).",
+        "- † lora on t is at or below the majority class: accuracy 0.600 vs 0.700 "
+        "(80% of predictions 'neg'; macro-F1 0.550 vs 0.412).",
+    ]
+    assert curve_table(cells)[2] == "| t | soft-prompt | 0.700 / 0.412 |"
+    summary = report_summary(cells, _config(), 60.0).splitlines()
+    table_end = summary.index("| *majority class* | 0.700 | 0.412 |")
+    assert summary[table_end + 2] == "†: at or below the majority class's accuracy."
+    assert summary[table_end + 4].startswith("- † soft-prompt on t ends at the majority class")
+
+
+def test_the_calibration_of_prompt_design_and_its_warnings_are_reported() -> None:
+    cell = _classified(_cell("zero-shot", 0.417), 0.41, {"neg": 150, "pos": 50})
+    dev_f1 = {"none": 0.47, "uniform": 0.52, "prior": 0.5}
+    cell["calibration"] = {"mode": "dev", "chosen": "uniform", "dev_n": 200, "dev_macro_f1": dev_f1}
+    cell["warnings"] = ["t zero-shot-calibrated (dev chose uniform): accuracy 0.417 is ..."]
+    other = _classified(_cell("few-shot", 0.8), 0.75, {"pos": 120, "neg": 80})
+    other["calibration"] = {"mode": "prior", "chosen": "prior"}
+    other["warnings"] = []
+    assert majority_notes([cell, other]) == [
+        "- † zero-shot on t is at or below the majority class: accuracy 0.417 vs 0.700 "
+        "(75% of predictions 'neg'; macro-F1 0.410 vs 0.412).",
+        "- zero-shot on t: calibration chosen on 200 dev examples: uniform (dev macro-F1 none "
+        "0.470, uniform 0.520, prior 0.500).",
+        "- Warning: t zero-shot-calibrated (dev chose uniform): accuracy 0.417 is ...",
+        "- few-shot on t: calibrated (prior).",
+    ]
+
+
+def test_the_shift_table_puts_macro_f1_beside_both_accuracies() -> None:
+    cell = _classified(_cell("soft-prompt", 0.8), 0.75, {"pos": 1})
+    f1 = {"value": 0.5, "low": 0.45, "high": 0.55}
+    cell["shift"] = {"target": "u", "value": 0.6, "low": 0.55, "high": 0.65, "macro_f1": f1}
+    lines = shift_table([cell])
+    assert lines[0] == (
+        "| method | t (in-domain) | t -> u (shifted) | t macro-F1 | t -> u macro-F1 |"
+    )
+    assert lines[2] == (
+        "| soft-prompt | 0.800 [0.780, 0.820] | 0.600 [0.550, 0.650] | 0.750 [0.700, 0.800] | "
+        "0.500 [0.450, 0.550] |"
+    )

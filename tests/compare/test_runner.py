@@ -8,6 +8,8 @@ from frozenlm.backbone import Backbone
 from frozenlm.compare import Budget, CompareConfig, compare
 from frozenlm.compare.runner import parse_methods, parse_train_sizes, plan, subsample
 from frozenlm.errors import ConfigError
+from frozenlm.evaluation.evaluate import EvalConfig
+from frozenlm.metrics import macro_f1
 from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
 from frozenlm.tasks import load_task
 
@@ -110,3 +112,16 @@ def test_every_cell_states_the_majority_class_of_the_whole_task(
     assert expected > 0
     assert cells["zero-shot"]["test"]["majority"] == pytest.approx(expected)
     assert cells["soft-prompt"]["test"]["majority"] == pytest.approx(expected)
+    gold = [ex.label for ex in task.test[:40]]
+    for cell in cells.values():
+        test = cell["test"]
+        assert test["majority_label"] == label
+        majority_f1 = macro_f1(gold, [label] * 40, list(task.spec.labels))
+        assert test["majority_macro_f1"] == pytest.approx(majority_f1)
+        f1 = test["macro_f1"]
+        assert f1["low"] <= f1["value"] <= f1["high"] and sum(test["predicted"].values()) == 40
+    calibration = cells["zero-shot"]["calibration"]
+    assert (
+        calibration["mode"] == EvalConfig.calibration
+        and cells["soft-prompt"]["calibration"] is None
+    )

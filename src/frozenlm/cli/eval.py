@@ -16,6 +16,7 @@ from frozenlm.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from frozenlm.evaluation.calibration import CALIBRATIONS
     from frozenlm.evaluation.evaluate import EvalConfig
     from frozenlm.prompts.render import FRAMINGS
 
@@ -50,7 +51,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-chat-template", action="store_true", help="do not wrap prompts in the chat template"
     )
     parser.add_argument("--cot", action="store_true", help="chain of thought (generation tasks)")
-    parser.add_argument("--calibrate", action="store_true", help="contextual calibration")
+    parser.add_argument(
+        "--calibrate",
+        nargs="?",
+        const=EvalConfig.calibration,
+        choices=CALIBRATIONS,
+        metavar="MODE",
+        help="contextual calibration: uniform (divide by the content-free label probabilities), "
+        "prior (then weigh by the train label shares) or dev (whichever of none, uniform and "
+        "prior has the best macro-F1 on dev); MODE defaults to %(const)s",
+    )
+    parser.add_argument(
+        "--dev-limit",
+        type=int,
+        default=EvalConfig.dev_limit,
+        help="dev examples scored by --calibrate dev (default %(default)s)",
+    )
     parser.add_argument(
         "--length-normalize", action="store_true", help="mean log-probability per label token"
     )
@@ -91,7 +107,9 @@ def _run_prompt_design(args: argparse.Namespace) -> int:
         framing=args.framing,
         chat_template=not args.no_chat_template,
         chain_of_thought=args.cot,
-        calibrate=args.calibrate,
+        calibrate=args.calibrate is not None,
+        calibration=args.calibrate or EvalConfig.calibration,
+        dev_limit=args.dev_limit,
         length_normalize=args.length_normalize,
         split=args.split,
         limit=args.limit,

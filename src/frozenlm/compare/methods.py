@@ -135,6 +135,19 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
+def _prompt_design(task: Task, config: EvalConfig) -> tuple[EvalConfig, int]:
+    """`config` calibrated for a classification task as `EvalConfig.calibration` says by
+    default (the measured choice: per task on dev), and the labelled dev examples that uses;
+    uniform on a task without a dev split."""
+    if task.spec.kind != "classification":
+        return config, 0
+    if config.calibration != "dev":
+        return replace(config, calibrate=True), 0
+    if not task.dev:
+        return replace(config, calibrate=True, calibration="uniform"), 0
+    return replace(config, calibrate=True), len(task.dev[: config.dev_limit])
+
+
 class ZeroShot:
     name = "zero-shot"
     trains = False
@@ -143,9 +156,8 @@ class ZeroShot:
         return None
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        calibrate = task.spec.kind == "classification"
-        config = EvalConfig(method="zero-shot", calibrate=calibrate, seed=seed)
-        return Fitted(backbone, config, stored_bytes=_prompt_bytes(task))
+        config, dev = _prompt_design(task, EvalConfig(method="zero-shot", seed=seed))
+        return Fitted(backbone, config, labelled_dev=dev, stored_bytes=_prompt_bytes(task))
 
 
 class FewShot:
@@ -157,10 +169,13 @@ class FewShot:
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
         shots = min(budget.shots, len(task.train))
-        calibrate = task.spec.kind == "classification"
-        config = EvalConfig(method="few-shot", shots=shots, calibrate=calibrate, seed=seed)
+        config, dev = _prompt_design(task, EvalConfig(method="few-shot", shots=shots, seed=seed))
         return Fitted(
-            backbone, config, labelled_train=shots, stored_bytes=_prompt_bytes(task, shots)
+            backbone,
+            config,
+            labelled_train=shots,
+            labelled_dev=dev,
+            stored_bytes=_prompt_bytes(task, shots),
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 from matplotlib.figure import Figure
 
 from frozenlm.atomic import atomic_write_bytes, atomic_write_json
+from frozenlm.compare.majority import AT_MAJORITY, at_majority, majority_section
 
 METHOD_ORDER = (
     "zero-shot",
@@ -72,6 +73,15 @@ def _fmt_metric(test: dict[str, Any]) -> str:
     return f"{test['value']:.3f} [{test['low']:.3f}, {test['high']:.3f}]"
 
 
+def _fmt_f1(test: dict[str, Any]) -> str:
+    """The macro-F1 interval of a test result ("" when it has none: generation, old cells)."""
+    return _fmt_metric(test["macro_f1"]) if "macro_f1" in test else ""
+
+
+def _has_f1(cells: Sequence[dict[str, Any]], task: str) -> bool:
+    return any("macro_f1" in c.get("test", {}) for c in _done(cells) if c["task"] == task)
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -90,11 +100,15 @@ def serving_bytes(cell: dict[str, Any], backbone_bytes: int, tasks: int) -> int:
 
 
 def quality_table(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[str]:
+    """Each task's test metric, and its macro-F1 beside it for classification; a result at or
+    below the majority class is marked `AT_MAJORITY`."""
     heads = headline_cells(cells)
     methods = list(dict.fromkeys(c["method"] for c in _in_registry_order(cells)))
+    f1 = {task: _has_f1(cells, task) for task in tasks}
+    columns = [name for t in tasks for name in ([t, f"{t} macro-F1"] if f1[t] else [t])]
     lines = [
-        "| method | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
+        "| method | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for method in methods:
         row = []
@@ -102,17 +116,22 @@ def quality_table(cells: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list
             cell = heads.get((task, method))
             skipped = next((c for c in cells if (c["task"], c["method"]) == (task, method)), None)
             if cell is not None:
-                row.append(_fmt_metric(cell["test"]))
-            elif skipped is not None and skipped.get("status") == "skipped":
-                row.append("skipped")
+                mark = f" {AT_MAJORITY}" if at_majority(cell["test"]) else ""
+                row.append(_fmt_metric(cell["test"]) + mark)
+                row += [_fmt_f1(cell["test"])] if f1[task] else []
             else:
-                row.append("not run")
+                done = skipped is not None and skipped.get("status") == "skipped"
+                row += ["skipped" if done else "not run"] * (2 if f1[task] else 1)
         lines.append(f"| {method} | " + " | ".join(row) + " |")
-    majority = {
-        t: c["test"].get("majority") for (t, _), c in heads.items() if "majority" in c["test"]
-    }
+    majority = {t: c["test"] for (t, _), c in heads.items() if "majority" in c["test"]}
     if majority:
-        cols = [f"{majority[t]:.3f}" if majority.get(t) is not None else "" for t in tasks]
+        cols = []
+        for task in tasks:
+            test = majority.get(task, {})
+            cols.append(f"{test['majority']:.3f}" if test.get("majority") is not None else "")
+            if f1[task]:
+                value = test.get("majority_macro_f1")
+                cols.append(f"{value:.3f}" if value is not None else "")
         lines.append("| *majority class* | " + " | ".join(cols) + " |")
     return lines
 
@@ -145,6 +164,12 @@ def _unique(lines: list[str]) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
+def _fmt_point(test: dict[str, Any]) -> str:
+    """The value, and the macro-F1 after a slash when there is one: "0.700 / 0.650"."""
+    f1 = f" / {test['macro_f1']['value']:.3f}" if "macro_f1" in test else ""
+    return f"{test['value']:.3f}{f1}"
+
+
 def curve_table(cells: Sequence[dict[str, Any]]) -> list[str]:
     sizes = sorted(
         {c["train_size"] for c in _done(cells)}, key=lambda s: _size_key({"train_size": s})
@@ -160,7 +185,7 @@ def curve_table(cells: Sequence[dict[str, Any]]) -> list[str]:
         by_size = {
             c["train_size"]: c for c in trained if (c["task"], c["method"]) == (task, method)
         }
-        row = [f"{by_size[s]['test']['value']:.3f}" if s in by_size else "" for s in sizes]
+        row = [_fmt_point(by_size[s]["test"]) if s in by_size else "" for s in sizes]
         lines.append(f"| {task} | {method} | " + " | ".join(row) + " |")
     return lines
 
@@ -170,20 +195,26 @@ def shift_table(cells: Sequence[dict[str, Any]]) -> list[str]:
     if not shifted:
         return []
     pairs = list(dict.fromkeys((c["task"], c["shift"]["target"]) for c in shifted))
+    f1 = any("macro_f1" in c["shift"] for c in shifted)
+    columns = [
+        name
+        for s, t in pairs
+        for name in [f"{s} (in-domain)", f"{s} -> {t} (shifted)"]
+        + ([f"{s} macro-F1", f"{s} -> {t} macro-F1"] if f1 else [])
+    ]
     lines = [
-        "| method | "
-        + " | ".join(f"{s} (in-domain) | {s} -> {t} (shifted)" for s, t in pairs)
-        + " |",
-        "|---|" + "---|---|" * len(pairs),
+        "| method | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for method in dict.fromkeys(c["method"] for c in shifted):
         row = []
         for source, _target in pairs:
             cell = next((c for c in shifted if (c["task"], c["method"]) == (source, method)), None)
             if cell is None:
-                row += ["", ""]
-            else:
-                row += [_fmt_metric(cell["test"]), _fmt_metric(cell["shift"])]
+                row += [""] * (4 if f1 else 2)
+                continue
+            row += [_fmt_metric(cell["test"]), _fmt_metric(cell["shift"])]
+            row += [_fmt_f1(cell["test"]), _fmt_f1(cell["shift"])] if f1 else []
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return lines
 
@@ -453,6 +484,9 @@ def _summary_lines(
         "## Quality (test metric with bootstrap 95% interval, most training data)",
         "",
         *quality_table(main_cells, main_tasks),
+        *majority_section(
+            [c for (t, _), c in headline_cells(main_cells).items() if t in main_tasks]
+        ),
     ]
 
 
@@ -502,7 +536,7 @@ def write_report(
         f"({_fmt_bytes(backbone_bytes)}) plus each task's stored artefact, or one fine-tuned "
         "copy per task for full fine-tuning.",
         "",
-        "## Learning curves (test metric by labelled training examples)",
+        "## Learning curves (test metric / macro-F1 by labelled training examples)",
         "",
         *curve_table(main_cells),
         "",

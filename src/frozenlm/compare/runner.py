@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from frozenlm.compare.methods import BUDGETS, METHODS, Budget, Fitted, Method, f
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, Report, evaluate
 from frozenlm.measure import PeakMemory
-from frozenlm.metrics import majority_label
+from frozenlm.metrics import macro_f1, majority_label
 from frozenlm.progress import progress
 from frozenlm.tasks import Task
 from frozenlm.tasks.splits import balanced_sample
@@ -103,17 +104,30 @@ def _cell_path(out: Path, task: str, method: str, size: str) -> Path:
 
 
 def _metric_json(report: Report, metric: str, task: Task) -> dict[str, Any]:
-    """The cell's test metric with the majority-class accuracy on the same examples. The
-    majority class is that of `task`'s whole train split: a class-balanced subsample of it
-    ties, and its tie-break would pick a label the test split may hardly hold."""
+    """The cell's test metric (and macro-F1, for classification) with the majority class's on
+    the same examples, and how often each label was predicted. The majority class is that of
+    `task`'s whole train split: a class-balanced subsample of it ties, and its tie-break would
+    pick a label the test split may hardly hold."""
     value = report.metrics[metric]
-    data = {"metric": metric, **value.to_json(), "n": report.n}
+    data: dict[str, Any] = {"metric": metric, **value.to_json(), "n": report.n}
+    if "macro_f1" in report.metrics and metric != "macro_f1":
+        data["macro_f1"] = report.metrics["macro_f1"].to_json()
     if metric in report.baseline:
         data["majority"] = report.baseline[metric].value
+        if "macro_f1" in report.baseline:
+            data["majority_macro_f1"] = report.baseline["macro_f1"].value
         gold = [p["gold"] for p in report.predictions if "gold" in p]
         if gold and len(gold) == len(report.predictions):
             label = majority_label([ex.label for ex in task.train])
             data["majority"] = sum(g == label for g in gold) / len(gold)
+            data["majority_label"] = label
+            if "macro_f1" in data:
+                majority = macro_f1(gold, [label] * len(gold), list(task.spec.labels))
+                data["majority_macro_f1"] = majority
+        predicted = [p.get("predicted") for p in report.predictions]
+        if predicted and all(isinstance(p, str | None) for p in predicted):
+            counts = Counter("(no label)" if p is None else p for p in predicted)
+            data["predicted"] = dict(counts.most_common())
     return data
 
 
@@ -174,6 +188,8 @@ def run_cell(
         },
         "best_step": fitted.best_step,
         "eval_config": report.config,
+        "calibration": report.calibration,
+        "warnings": list(report.warnings),
     }
     if shift_target is not None:
         shift_task = shifted(data, shift_target)
@@ -181,6 +197,7 @@ def run_cell(
         shift_report = _evaluate(fitted, shift_task, shift_config)
         shift_json = _metric_json(shift_report, metric, task)
         cell["shift"] = {"target": shift_target.name, **shift_json}
+        cell["warnings"] += [f"shifted to {shift_target.name}, {w}" for w in shift_report.warnings]
     keep = folder_bytes(work) <= KEEP_ARTIFACT_BYTES
     cell["artifact"] = str(work / "best") if keep and (work / "best").exists() else None
     if not keep:

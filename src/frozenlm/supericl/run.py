@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from frozenlm.errors import ConfigError, DataError
 from frozenlm.evaluation.evaluate import Report
-from frozenlm.metrics import Interval, bootstrap, majority_label
+from frozenlm.metrics import Interval, bootstrap, macro_f1_interval, majority_label
 from frozenlm.prompts.demos import DemoSelector
 from frozenlm.prompts.render import PromptConfig, Prompter, RenderedPrompt
 from frozenlm.supericl.backends import EXPLAIN_CUE, Backend, Choice
@@ -295,16 +295,16 @@ def _score(
     choices: dict[str, list[Choice]],
     seed: int,
 ) -> None:
-    def accuracy(key: str) -> Interval:
-        return bootstrap([float(r[key] == r["gold"]) for r in rows], seed=seed)
-
-    result.intervals["plugin_accuracy"] = accuracy("plugin")
-    for name in choices:
-        result.intervals[f"{name}_accuracy"] = accuracy(name)
+    gold = [ex.label for ex in examples]
     majority = majority_label([ex.label for ex in task.train])
-    result.intervals["majority_accuracy"] = bootstrap(
-        [float(ex.label == majority) for ex in examples], seed=seed
-    )
+    predicted = {name: [r[name] for r in rows] for name in ("plugin", *choices)}  # None: no match
+    predicted["majority"] = [majority] * len(rows)
+    for name, answers in predicted.items():
+        hits = [float(p == g) for p, g in zip(answers, gold, strict=True)]
+        result.intervals[f"{name}_accuracy"] = bootstrap(hits, seed=seed)
+    for name, answers in predicted.items():
+        f1 = macro_f1_interval(gold, answers, list(task.spec.labels), seed=seed)
+        result.intervals[f"{name}_macro_f1"] = f1
     overrides = [r for r in rows if r["override"]]
     metrics: dict[str, float | None] = {k: v.value for k, v in result.intervals.items()}
     metrics["override_rate"] = len(overrides) / len(rows)
@@ -338,12 +338,22 @@ def as_report(result: SuperICLResult, variant: str, fingerprint: str = "") -> Re
         fingerprint=fingerprint,
         split=result.config.split,
         n=result.n,
-        metrics={"accuracy": result.intervals[key]},
-        baseline={"accuracy": result.intervals["majority_accuracy"]},
+        metrics={
+            "accuracy": result.intervals[key],
+            "macro_f1": result.intervals[f"{variant}_macro_f1"],
+        },
+        baseline={
+            "accuracy": result.intervals["majority_accuracy"],
+            "macro_f1": result.intervals["majority_macro_f1"],
+        },
         seconds=result.seconds,
         examples_per_s=result.n / result.seconds if result.seconds else 0.0,
         config=asdict(result.config),
         prompt_stats={"mean_prompt_tokens": tokens},
+        predictions=[
+            {"id": row["id"], "gold": row["gold"], "predicted": row[variant]}
+            for row in result.predictions
+        ],
     )
 
 
@@ -355,8 +365,11 @@ def plugin_report(
     predicted = plugin.predict(examples)
     seconds = time.perf_counter() - start
     majority = majority_label([ex.label for ex in task.train])
-    hits = [float(p.label == ex.label) for p, ex in zip(predicted, examples, strict=True)]
-    chance = [float(ex.label == majority) for ex in examples]
+    gold = [ex.label for ex in examples]
+    answers = [p.label for p in predicted]
+    labels = list(task.spec.labels)
+    hits = [float(p == g) for p, g in zip(answers, gold, strict=True)]
+    chance = [float(g == majority) for g in gold]
     return Report(
         task=task.name,
         method="plugin",
@@ -364,11 +377,21 @@ def plugin_report(
         fingerprint="",
         split="",
         n=len(examples),
-        metrics={"accuracy": bootstrap(hits, seed=seed)},
-        baseline={"accuracy": bootstrap(chance, seed=seed)},
+        metrics={
+            "accuracy": bootstrap(hits, seed=seed),
+            "macro_f1": macro_f1_interval(gold, answers, labels, seed=seed),
+        },
+        baseline={
+            "accuracy": bootstrap(chance, seed=seed),
+            "macro_f1": macro_f1_interval(gold, [majority] * len(gold), labels, seed=seed),
+        },
         seconds=seconds,
         examples_per_s=len(examples) / seconds if seconds > 0 else 0.0,
         prompt_stats={"mean_prompt_tokens": 0.0},
+        predictions=[
+            {"id": ex.id, "gold": g, "predicted": p}
+            for ex, g, p in zip(examples, gold, answers, strict=True)
+        ],
     )
 
 
