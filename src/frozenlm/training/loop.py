@@ -247,6 +247,7 @@ def dev_metric(
             limit=config.eval_limit,
             chat_template=config.chat_template,
             calibrate=plugin is None and task.spec.kind == "classification",
+            calibration="uniform",  # Zhao et al.'s; "dev" would choose on the split it scores
         )
         report = evaluate(backbone, task, eval_config, plugin=plugin)
         per_task[task.name] = report.metrics[task.spec.metric].value
@@ -324,6 +325,8 @@ class Run:
     """Each optimizer group's learning rate before warm-up and recoveries."""
     best_params: dict[str, torch.Tensor] = field(default_factory=dict)
     """The plug-in's parameters at its best dev evaluation (what a recovery goes back to)."""
+    majority: float | None = None
+    """Dev accuracy of the train majority class (`dev_majority`; None: not classification)."""
 
 
 def setup(
@@ -352,6 +355,7 @@ def setup(
         rows=rows,
         order=DataOrder(len(rows), config.seed),
         base_lrs=[float(group["lr"]) for group in optimizer.param_groups],
+        majority=dev_majority(tasks, config),
     )
     state = TrainState()
     if resume:
@@ -461,8 +465,9 @@ def save_best(run: Run, state: TrainState, metric: float, per_task: dict[str, fl
 
 def divergence(run: Run, state: TrainState, metric: float) -> str | None:
     """Why the run has diverged at this dev evaluation, or None: its dev metric is below
-    calibrated zero-shot prompting (training made the frozen model worse than a prompt), or its
-    training loss rose `rising_evals` evaluations in a row."""
+    calibrated zero-shot prompting (training made the frozen model worse than a prompt) or not
+    above the majority class (it learnt the label prior only), or its training loss rose
+    `rising_evals` evaluations in a row."""
     config = run.config
     if len(state.history) >= 2 and state.history[-1]["loss"] > state.history[-2]["loss"]:
         state.rising += 1
@@ -473,6 +478,8 @@ def divergence(run: Run, state: TrainState, metric: float) -> str | None:
             f"the dev metric is {metric:.3f}, below calibrated zero-shot prompting "
             f"({state.floor:.3f})"
         )
+    if run.majority is not None and metric <= run.majority:
+        return f"the dev accuracy {metric:.3f} is not above the majority class ({run.majority:.3f})"
     if state.rising >= config.rising_evals:
         return f"the training loss rose at {state.rising} dev evaluations in a row"
     return None
@@ -594,7 +601,7 @@ def train(
         history=state.history,
         recoveries=state.recoveries,
         floor=state.floor,
-        majority=dev_majority(tasks, config),
+        majority=run.majority,
     )
     if result.majority is not None and result.best_metric <= result.majority:
         log.warning(
