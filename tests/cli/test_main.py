@@ -73,10 +73,13 @@ def test_the_command_table_is_the_cli() -> None:
 def test_cli_defaults_are_the_config_defaults() -> None:
     train = build_parser("train").parse_args(["train", "--task", "t", "--out", "o"])
     config, prompt = TrainConfig(), SoftPromptConfig()
-    for field in ("steps", "batch_size", "grad_accum", "optimizer", "lr", "weight_decay",
-                  "eval_every", "eval_limit", "patience", "seed", "task_cap"):  # fmt: skip
+    for field in ("steps", "batch_size", "grad_accum", "eval_every", "eval_limit", "patience",
+                  "seed", "task_cap", "max_grad_norm", "balance"):  # fmt: skip
         assert getattr(train, field) == getattr(config, field), field
-    assert (train.prompt_length, train.init) == (prompt.length, prompt.init.value)
+    # the optimizer's settings and the prompt length come from each method's recipe and config
+    assert (train.optimizer, train.lr, train.weight_decay, train.warmup) == (None,) * 4
+    assert train.prompt_length is None and train.init == prompt.init.value
+    assert (train.position, train.residual) == (prompt.position.value, prompt.residual)
     generator = PromptGeneratorConfig()
     assert (train.generator_width, train.generator_layers) == (generator.width, generator.layers)
     assert train.encoder == generator.encoder.value

@@ -283,8 +283,10 @@ def old_render(bounded: Prompter, unbounded: Prompter, example: Example, demos) 
         text, ids = rendered.text, rendered.ids
     if len(ids) + bounded.answer_tokens > bounded.max_tokens:  # truncate the input alone
         alone = bounded.render(example)
-        return RenderedPrompt(alone.ids, alone.text, 0, dropped, alone.truncated_input)
-    return RenderedPrompt(ids, text, len(demos), dropped, False)
+        return RenderedPrompt(
+            alone.ids, alone.text, 0, dropped, alone.truncated_input, alone.input_start
+        )
+    return RenderedPrompt(ids, text, len(demos), dropped, False, rendered.input_start)
 
 
 @pytest.mark.parametrize("task_name", ["sentiment", "trec", "trivia"])
