@@ -19,7 +19,7 @@ import torch
 from frozenlm.backbone import Backbone
 from frozenlm.engine.batching import score_rows
 from frozenlm.errors import ConfigError
-from frozenlm.evaluation.evaluate import EvalConfig, classification_prompter
+from frozenlm.evaluation.evaluate import EvalConfig, classification_prompter, prompt_rows
 from frozenlm.plugins.protocol import NONE, Conditioning, Plugin, inference_conditioning
 from frozenlm.prompts.render import Prompter
 from frozenlm.tasks import Example, Task
@@ -78,10 +78,7 @@ def score_plugged_rows(
         if row.task.name not in prompters:
             prompters[row.task.name] = classification_prompter(backbone, row.task, config)
     rendered = [prompters[row.task.name][0].render(row.example) for row in rows]
-    engine_rows = [
-        conditioning.row(prompt.ids, prompt.input_start)
-        for prompt, conditioning in zip(rendered, _conditioning(rows), strict=True)
-    ]
+    engine_rows = prompt_rows(rendered, _conditioning(rows))
     candidates = [prompters[row.task.name][1] for row in rows]
     scores = score_rows(backbone, engine_rows, candidates, config.budget(), desc=desc)
     return [

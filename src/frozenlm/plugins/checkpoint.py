@@ -56,6 +56,24 @@ class Checkpoint:
     """The folder it was read from."""
 
 
+def per_task_tensors(
+    tensors: Mapping[str, torch.Tensor], prefix: str, kind: str, source: str
+) -> dict[str, torch.Tensor]:
+    """`tensors` named `<prefix>.<task>`, by task; a tensor of another name, or none at all,
+    raises CheckpointError naming `kind` (e.g. "soft prompt") and `source`."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        task = name.removeprefix(prefix + ".")
+        if task == name or not task:
+            raise CheckpointError(
+                f"{source} holds the tensor '{name}', which is not a {kind} ('{prefix}.<task>')"
+            )
+        out[task] = tensor
+    if not out:
+        raise CheckpointError(f"{source} holds no {kind} tensor ('{prefix}.<task>')")
+    return out
+
+
 # ------------------------------------------------------------------------------------ writing
 def save_checkpoint(
     folder: str | Path,

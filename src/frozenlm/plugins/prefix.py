@@ -27,8 +27,9 @@ from frozenlm.backbone import Backbone
 from frozenlm.devices import seeded_rng
 from frozenlm.engine.prefix_cache import PrefixCache
 from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.plugins.checkpoint import per_task_tensors
 from frozenlm.plugins.protocol import Conditioning, count_trainable, single_group
-from frozenlm.plugins.reparam import ResidualMLP
+from frozenlm.plugins.reparam import ResidualMLP, module_key
 from frozenlm.plugins.soft_prompt import PromptInit, initial_ids
 from frozenlm.tasks import Example, TaskSpec
 
@@ -111,7 +112,7 @@ class DeepPrompt(nn.Module):
         if reparameterize and config.reparameterize:
             for name, p in prefixes.items():
                 per_position = p.numel() // p.shape[3]  # L * 2 * H * d
-                self.mlps[_key(name)] = ResidualMLP(
+                self.mlps[module_key(name)] = ResidualMLP(
                     per_position, config.reparameterize, per_position
                 )
 
@@ -139,11 +140,11 @@ class DeepPrompt(nn.Module):
                 f"this plug-in has no prefix for task '{task}'; it has: {', '.join(self.prefixes)}"
             )
         weights = self.prefixes[task]
-        if _key(task) not in self.mlps:
+        if module_key(task) not in self.mlps:
             return weights
         layers, _, heads, length, width = weights.shape
         flat = weights.permute(3, 0, 1, 2, 4).reshape(length, -1)  # [P, L*2*H*d]
-        written = self.mlps[_key(task)](flat)
+        written = self.mlps[module_key(task)](flat)
         return written.reshape(length, layers, 2, heads, width).permute(1, 2, 3, 0, 4)
 
     def condition(self, task: TaskSpec, examples: Sequence[Example]) -> list[Conditioning]:
@@ -173,21 +174,14 @@ class DeepPrompt(nn.Module):
         a tensor of another name or shape raises CheckpointError naming it and `source`."""
         layers, heads, width = kv_shape(backbone)
         expected = [layers, 2, heads, config.length, width]
-        for name, tensor in tensors.items():
-            if not name.startswith("prefix.") or name == "prefix.":
-                raise CheckpointError(
-                    f"{source} holds the tensor '{name}', which is not a deep prompt "
-                    "('prefix.<task>')"
-                )
+        prefixes = per_task_tensors(tensors, "prefix", "deep prompt", source)
+        for task, tensor in prefixes.items():
             if list(tensor.shape) != expected:
                 raise CheckpointError(
-                    f"{source}: deep prompt tensor '{name}' is {list(tensor.shape)}, but this "
-                    f"backbone ({layers} layers, {heads} key/value heads of width {width}) with "
-                    f"prefix length {config.length} needs {expected}"
+                    f"{source}: deep prompt tensor 'prefix.{task}' is {list(tensor.shape)}, but "
+                    f"this backbone ({layers} layers, {heads} key/value heads of width {width}) "
+                    f"with prefix length {config.length} needs {expected}"
                 )
-        prefixes = {k.removeprefix("prefix."): v for k, v in tensors.items()}
-        if not prefixes:
-            raise CheckpointError(f"{source} holds no deep prompt tensor ('prefix.<task>')")
         return cls(prefixes, config)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -195,8 +189,3 @@ class DeepPrompt(nn.Module):
 
     def num_trainable(self) -> int:
         return count_trainable(self)
-
-
-def _key(task: str) -> str:
-    """A task name as a module key (ModuleDict keys may not contain dots)."""
-    return task.replace(".", "__")

@@ -32,3 +32,9 @@ class ResidualMLP(nn.Module):
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors + self.delta(vectors)
+
+
+def module_key(task: str) -> str:
+    """A task name as the key of its network in an `nn.ModuleDict` (keys may not contain
+    dots)."""
+    return task.replace(".", "__")

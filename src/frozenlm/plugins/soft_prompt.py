@@ -21,8 +21,9 @@ from torch import nn
 from frozenlm.backbone import Backbone
 from frozenlm.devices import seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.plugins.checkpoint import per_task_tensors
 from frozenlm.plugins.protocol import Conditioning, SoftPosition, count_trainable, single_group
-from frozenlm.plugins.reparam import ResidualMLP
+from frozenlm.plugins.reparam import ResidualMLP, module_key
 from frozenlm.tasks import Example, TaskSpec
 
 
@@ -141,7 +142,7 @@ class SoftPromptSet(nn.Module):
         """task -> its residual network, while training with `config.residual`."""
         if reparameterize and config.residual:
             for name, w in prompts.items():
-                self.residual[_key(name)] = ResidualMLP(int(w.shape[1]), config.residual)
+                self.residual[module_key(name)] = ResidualMLP(int(w.shape[1]), config.residual)
 
     @classmethod
     def from_config(
@@ -175,8 +176,8 @@ class SoftPromptSet(nn.Module):
             raise ConfigError(
                 f"this plug-in has no prompt for task '{task}'; it has: {', '.join(self.prompts)}"
             )
-        if _key(name) in self.residual:
-            return self.residual[_key(name)](self.prompts[name])
+        if module_key(name) in self.residual:
+            return self.residual[module_key(name)](self.prompts[name])
         return self.prompts[name]
 
     def soft_tokens(self, task: TaskSpec, examples: Sequence[Example]) -> list[torch.Tensor]:
@@ -205,14 +206,10 @@ class SoftPromptSet(nn.Module):
     ) -> SoftPromptSet:
         """Saved prompts, each of which must be [config.length, hidden_size] (the backbone's);
         a tensor of another name or shape raises CheckpointError naming it and `source`."""
+        prompts = per_task_tensors(tensors, "prompt", "soft prompt", source)
         expected = [config.length, hidden_size]
-        for name, tensor in tensors.items():
-            shape = list(tensor.shape)
-            if not name.startswith("prompt.") or name == "prompt.":
-                raise CheckpointError(
-                    f"{source} holds the tensor '{name}', which is not a soft prompt "
-                    "('prompt.<task>')"
-                )
+        for task, tensor in prompts.items():
+            name, shape = f"prompt.{task}", list(tensor.shape)
             if tensor.dim() != 2 or shape[1] != hidden_size:
                 raise CheckpointError(
                     f"{source}: soft prompt tensor '{name}' is {shape}, but the backbone has "
@@ -223,9 +220,6 @@ class SoftPromptSet(nn.Module):
                     f"{source}: soft prompt tensor '{name}' has {shape[0]} vectors, but its "
                     f"config says length {config.length}; expected {expected}"
                 )
-        prompts = {k.removeprefix("prompt."): v for k, v in tensors.items()}
-        if not prompts:
-            raise CheckpointError(f"{source} holds no soft prompt tensor ('prompt.<task>')")
         if config.shared and set(prompts) != {SHARED}:
             raise CheckpointError(
                 f"{source}: a shared soft prompt is one tensor 'prompt.{SHARED}', "
@@ -238,8 +232,3 @@ class SoftPromptSet(nn.Module):
 
     def num_trainable(self) -> int:
         return count_trainable(self)
-
-
-def _key(task: str) -> str:
-    """A task name as a module key (ModuleDict keys may not contain dots)."""
-    return task.replace(".", "__")
