@@ -32,7 +32,7 @@ from frozenlm.evaluation.evaluate import evaluate
 from frozenlm.measure import PeakMemory
 from frozenlm.metrics import bootstrap, macro_f1, majority_label
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import TrainConfig
+from frozenlm.training.config import TrainConfig
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 

@@ -41,8 +41,9 @@ from frozenlm.measure import peak_resident_mb
 from frozenlm.plugins.prompt_generator import MiniLMEncoder, PromptGenerator, PromptGeneratorConfig
 from frozenlm.plugins.registry import new_plugin
 from frozenlm.tasks import load_task
+from frozenlm.training.config import TrainConfig
 from frozenlm.training.finetune import LoraSettings, lora_copy
-from frozenlm.training.loop import Run, TrainConfig, optimizer_step, setup
+from frozenlm.training.loop import Run, optimizer_step, setup
 
 sys.path.insert(0, str(Path(__file__).parent))
 from id_pt import TASKS, batch, measure

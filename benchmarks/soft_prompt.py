@@ -49,7 +49,8 @@ from frozenlm.plugins.prefix import PrefixConfig
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.prompts.render import PromptConfig, Prompter
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import TrainConfig, make_optimizer
+from frozenlm.training.config import TrainConfig
+from frozenlm.training.loop import make_optimizer
 
 P_TRAIN, P_CACHE, BATCH = 20, 100, 8
 
@@ -88,7 +89,8 @@ def loop_step_fn(backbone: Backbone, method: str, config: dict) -> Callable[[], 
     from dataclasses import replace
 
     from frozenlm.plugins.registry import new_plugin, recipe
-    from frozenlm.training.loop import DataOrder, Run, optimizer_step, training_rows
+    from frozenlm.training.loop import Run, optimizer_step
+    from frozenlm.training.rows import DataOrder, training_rows
 
     task = load_task("sentiment")
     task = replace(task, train=task.train[:BATCH])

@@ -23,7 +23,8 @@ from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import TrainConfig, train_plugin
+from frozenlm.training.config import TrainConfig
+from frozenlm.training.loop import train_plugin
 from frozenlm.training.peft_prompt import PeftPromptConfig, train_peft_prompt
 
 

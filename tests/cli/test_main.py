@@ -18,7 +18,7 @@ from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
 from frozenlm.plugins.soft_prompt import SoftPromptConfig
 from frozenlm.supericl.run import SuperICLConfig
 from frozenlm.supericl.small_classifier import ClassifierTrainConfig
-from frozenlm.training.loop import TrainConfig
+from frozenlm.training.config import TrainConfig
 
 
 @pytest.mark.parametrize(

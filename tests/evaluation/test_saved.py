@@ -16,7 +16,8 @@ from frozenlm.metrics import bootstrap
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import TrainConfig, train_plugin
+from frozenlm.training.config import TrainConfig
+from frozenlm.training.loop import train_plugin
 
 
 @pytest.fixture(scope="module")

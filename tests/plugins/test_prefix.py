@@ -17,7 +17,8 @@ from frozenlm.plugins.protocol import SoftPosition
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, SoftPromptSet, initial_ids
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import TrainConfig, train_plugin
+from frozenlm.training.config import TrainConfig
+from frozenlm.training.loop import train_plugin
 
 
 def _prefix_text(backbone: Backbone, config: PrefixConfig, spec, seed: int = 0) -> list[int]:

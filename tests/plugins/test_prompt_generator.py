@@ -20,7 +20,8 @@ from frozenlm.plugins.prompt_generator import (
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import TrainConfig, train_plugin
+from frozenlm.training.config import TrainConfig
+from frozenlm.training.loop import train_plugin
 
 SMALL = PromptGeneratorConfig(length=3, width=32, heads=2, ffn=64)
 

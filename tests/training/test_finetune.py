@@ -6,8 +6,9 @@ from frozenlm.backbone import Backbone
 from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.checkpoint import load_checkpoint
 from frozenlm.tasks import load_task
+from frozenlm.training.config import TrainConfig
 from frozenlm.training.finetune import LoraSettings, full_copy, lora_copy
-from frozenlm.training.loop import TrainConfig, train
+from frozenlm.training.loop import train
 
 
 def _snapshot(backbone: Backbone) -> dict[str, torch.Tensor]:

@@ -23,13 +23,9 @@ from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorCo
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import (
-    DataOrder,
-    TrainConfig,
-    train,
-    train_plugin,
-    training_rows,
-)
+from frozenlm.training.config import TrainConfig
+from frozenlm.training.loop import train, train_plugin
+from frozenlm.training.rows import DataOrder, training_rows
 
 
 def test_data_order_is_a_seeded_permutation_per_epoch() -> None:

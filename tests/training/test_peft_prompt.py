@@ -8,13 +8,14 @@ from frozenlm.engine.loss import batch_loss
 from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.prefix import kv_shape
 from frozenlm.tasks import load_task
-from frozenlm.training.loop import DataOrder, TrainConfig, training_rows
+from frozenlm.training.config import TrainConfig
 from frozenlm.training.peft_prompt import (
     PeftPrefixConfig,
     PeftPromptConfig,
     train_peft_prefix,
     train_peft_prompt,
 )
+from frozenlm.training.rows import DataOrder, training_rows
 
 
 def test_peft_reference_trains_and_leaves_the_backbone_untouched(tiny: Backbone) -> None:

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from frozenlm.plugins.protocol import SoftPosition
     from frozenlm.plugins.registry import PLUGINS
     from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig
-    from frozenlm.training.loop import TrainConfig
+    from frozenlm.training.config import TrainConfig
 
     parser.description = DESCRIPTION
     parser.add_argument("--task", required=True, help="task names or files, comma-separated")
@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
     from frozenlm.plugins.registry import recipe
     from frozenlm.plugins.soft_prompt import SoftPromptConfig
-    from frozenlm.training.loop import TrainConfig, train_plugin
+    from frozenlm.training.config import TrainConfig
+    from frozenlm.training.loop import train_plugin
 
     check_output_folder(args.out)
     given = {

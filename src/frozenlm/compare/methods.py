@@ -35,8 +35,9 @@ from frozenlm.supericl.run import (
 )
 from frozenlm.supericl.small_classifier import ClassifierTrainConfig, SmallClassifier
 from frozenlm.tasks import Example, Task
+from frozenlm.training.config import TrainConfig
 from frozenlm.training.finetune import FineTuned, LoraSettings, full_copy, lora_copy
-from frozenlm.training.loop import TrainConfig, train
+from frozenlm.training.loop import train
 from frozenlm.training.peft_prompt import (
     PeftPrefixConfig,
     PeftPromptConfig,

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,8 +35,6 @@ from frozenlm.backbone import Backbone
 from frozenlm.devices import seeded_rng
 from frozenlm.engine.loss import batch_loss
 from frozenlm.errors import ConfigError
-from frozenlm.evaluation.evaluate import EvalConfig, evaluate
-from frozenlm.metrics import majority_label
 from frozenlm.plugins.checkpoint import (
     load_training_state,
     optimizer_state_from_tensors,
@@ -48,85 +45,12 @@ from frozenlm.plugins.checkpoint import (
 )
 from frozenlm.plugins.protocol import Plugin, conditioning_by_row
 from frozenlm.progress import progress
-from frozenlm.prompts.render import PromptConfig, Prompter
-from frozenlm.tasks import Example, Task, TaskSpec
+from frozenlm.tasks import Task
+from frozenlm.training.config import TrainConfig
+from frozenlm.training.dev import dev_majority, dev_metric, zero_shot_floor
+from frozenlm.training.rows import DataOrder, TrainRow, training_rows
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How a plug-in is trained (defaults: Lester et al. 2021)."""
-
-    steps: int = 150
-    """Optimizer steps at most (early stopping may end sooner)."""
-    batch_size: int = 8
-    """Rows per micro-batch."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    optimizer: Literal["adafactor", "adamw"] = "adafactor"
-    """adafactor: Lester's recipe; adamw: the choice of PEFT's examples."""
-    lr: float = 0.3
-    """Constant learning rate (Lester: 0.3 with Adafactor)."""
-    weight_decay: float = 1e-5
-    """Weight decay (Lester: 1e-5)."""
-    eval_every: int = 25
-    """Evaluate on dev (and save `last/`) every N steps."""
-    eval_limit: int | None = 200
-    """Dev examples per task per evaluation (None: the whole dev split)."""
-    patience: int = 4
-    """Stop after this many evaluations without a better dev metric (0: never stop early)."""
-    seed: int = 0
-    """Seed of initialisation and data order."""
-    chat_template: bool = True
-    """Render each input with the backbone's chat template around it, as zero-shot prompting."""
-    save_last: bool = True
-    """Save the resumable state (`last/`: weights, optimizer, RNG) at every dev evaluation."""
-    task_cap: int | None = None
-    """Multi-task training: each task contributes at most this many train rows, a seeded sample
-    (examples-proportional mixing with a cap, Raffel et al. 2020), so a large task does not
-    drown the others. None: every row of every task."""
-    warmup: int = 0
-    """Steps over which the learning rate rises linearly from lr / warmup to lr."""
-    max_grad_norm: float | None = 1.0
-    """Clip the global gradient norm to this (None: no clipping)."""
-    balance: Literal["none", "sample"] = "sample"
-    """sample: every class of a classification task is drawn equally often (rows of smaller
-    classes repeat within an epoch), so an imbalanced task is not learnt as its majority class;
-    on a balanced task it changes nothing. none: rows as they come."""
-    recover: bool = True
-    """Watch for divergence at each dev evaluation and go back to the best state with the
-    learning rate times `recover_factor` (at most `max_recoveries` times)."""
-    recover_factor: float = 0.3
-    """What a recovery multiplies the learning rate by."""
-    max_recoveries: int = 3
-    """Recoveries at most; a run diverging again after them stops early."""
-    rising_evals: int = 3
-    """Divergence: the mean training loss rose at this many dev evaluations in a row."""
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
-        if self.task_cap is not None and self.task_cap < 1:
-            raise ConfigError(f"task-cap must be at least 1, got {self.task_cap}")
-        if self.warmup < 0:
-            raise ConfigError(f"warmup must be 0 or more steps, got {self.warmup}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ConfigError(f"max-grad-norm must be positive, got {self.max_grad_norm}")
-        if self.balance not in ("none", "sample"):
-            raise ConfigError(f"balance must be none or sample, got {self.balance!r}")
-        if not 0 < self.recover_factor < 1:
-            raise ConfigError(f"recover-factor must be in (0, 1), got {self.recover_factor}")
-
-    def lr_scale(self, step: int) -> float:
-        """The warm-up's factor on the learning rate at optimizer step `step` (from 0)."""
-        return min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
-
-    def prompt_config(self) -> PromptConfig:
-        return PromptConfig(shots=0, chat_template=self.chat_template, seed=self.seed)
 
 
 @dataclass
@@ -147,76 +71,6 @@ class TrainResult:
     """The dev accuracy of predicting the train split's majority class (classification)."""
 
 
-@dataclass(frozen=True)
-class TrainRow:
-    """One training row: its task, the prompt ids and the target ids after them."""
-
-    task: TaskSpec
-    example: Example
-    prefix: list[int]
-    target: list[int]
-    input_start: int = 0
-    """Where the input begins in `prefix` (a plug-in may put its soft tokens there)."""
-
-
-def training_rows(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> list[TrainRow]:
-    """Every train example of every task as (prompt ids, target ids): zero-shot prompts whose
-    targets are the label verbalizer (classification) or the reference answer (generation).
-    With `config.task_cap`, a task with more train examples contributes a seeded sample of them;
-    with `config.balance` "sample", rows of a classification task's smaller classes repeat
-    until every class has as many as the largest."""
-    rows: list[TrainRow] = []
-    for task in tasks:
-        examples = list(task.train)
-        if config.task_cap is not None and len(examples) > config.task_cap:
-            examples = random.Random(config.seed).sample(examples, config.task_cap)
-        prompter = Prompter(
-            task.spec,
-            backbone.tokenizer,
-            config.prompt_config(),
-            max_tokens=min(backbone.max_length, 1024),
-            answer_tokens=32,
-        )
-        if config.balance == "sample" and task.spec.kind == "classification":
-            examples = balanced_rows(examples)
-        for ex in examples:
-            target = prompter.continuation_ids(prompter.demo_answer(ex))
-            prompt = prompter.render(ex)
-            rows.append(TrainRow(task.spec, ex, prompt.ids, target, prompt.input_start))
-    if not rows:
-        raise ConfigError("the tasks have no training examples")
-    return rows
-
-
-def balanced_rows(examples: Sequence[Example]) -> list[Example]:
-    """`examples` with each class's rows repeated (cycling in order) up to the largest class's
-    count: every class is drawn equally often, and nothing changes when they already are."""
-    by_label: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_label.setdefault(ex.label, []).append(ex)
-    largest = max((len(group) for group in by_label.values()), default=0)
-    out = list(examples)
-    for group in by_label.values():
-        out += [group[i % len(group)] for i in range(largest - len(group))]
-    return out
-
-
-class DataOrder:
-    """Rows in a seeded permutation per epoch; position p of the stream is a pure function."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed = size, seed
-        self._epochs: dict[int, list[int]] = {}
-
-    def __getitem__(self, position: int) -> int:
-        epoch, offset = divmod(position, self.size)
-        if epoch not in self._epochs:
-            order = list(range(self.size))
-            random.Random(self.seed * 100_003 + epoch).shuffle(order)
-            self._epochs = {epoch: order}
-        return self._epochs[epoch][offset]
-
-
 def make_optimizer(
     params: list[nn.Parameter] | list[dict[str, Any]], config: TrainConfig
 ) -> torch.optim.Optimizer:
@@ -233,38 +87,6 @@ def make_optimizer(
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     raise ConfigError(f"unknown optimizer '{config.optimizer}'; expected adafactor or adamw")
-
-
-def dev_metric(
-    backbone: Backbone, plugin: Plugin | None, tasks: Sequence[Task], config: TrainConfig
-) -> tuple[float, dict[str, float]]:
-    """Mean over tasks of each task's headline dev metric (with `plugin`, or of calibrated
-    zero-shot prompting without one)."""
-    per_task = {}
-    for task in tasks:
-        eval_config = EvalConfig(
-            split="dev",
-            limit=config.eval_limit,
-            chat_template=config.chat_template,
-            calibrate=plugin is None and task.spec.kind == "classification",
-            calibration="uniform",  # Zhao et al.'s; "dev" would choose on the split it scores
-        )
-        report = evaluate(backbone, task, eval_config, plugin=plugin)
-        per_task[task.name] = report.metrics[task.spec.metric].value
-    return sum(per_task.values()) / len(per_task), per_task
-
-
-def dev_majority(tasks: Sequence[Task], config: TrainConfig) -> float | None:
-    """Mean dev accuracy of predicting each task's train majority class (None: a task is not
-    classification)."""
-    if any(t.spec.kind != "classification" for t in tasks):
-        return None
-    shares = []
-    for task in tasks:
-        majority = majority_label([ex.label for ex in task.train])
-        dev = list(task.dev)[: config.eval_limit]
-        shares.append(sum(ex.label == majority for ex in dev) / max(len(dev), 1))
-    return sum(shares) / len(shares)
 
 
 @dataclass
@@ -365,26 +187,6 @@ def setup(
         state.floor = zero_shot_floor(backbone, tasks, config)
         plugin.train()
     return run, state
-
-
-_FLOORS: dict[tuple[str, ...], float] = {}
-"""Calibrated zero-shot dev metrics already measured in this process (compare trains several
-methods on the same task and backbone)."""
-
-
-def zero_shot_floor(backbone: Backbone, tasks: Sequence[Task], config: TrainConfig) -> float:
-    """The dev metric of calibrated zero-shot prompting on `tasks`: what a trained plug-in must
-    stay above (computed once per backbone weights, tasks' splits and dev budget; a fine-tuned
-    copy starts as its base, whose fingerprint it keeps)."""
-    key = (
-        backbone.fingerprint,
-        str(config.eval_limit),
-        str(config.chat_template),
-        *(f"{t.name}:{t.split_hash()}" for t in tasks),
-    )
-    if key not in _FLOORS:
-        _FLOORS[key] = dev_metric(backbone, None, tasks, config)[0]
-    return _FLOORS[key]
 
 
 def resume_state(run: Run) -> TrainState | None:

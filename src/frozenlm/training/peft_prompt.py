@@ -34,7 +34,8 @@ from frozenlm.plugins.prefix import DeepPrompt, PrefixConfig
 from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, SoftPromptSet
 from frozenlm.progress import progress
 from frozenlm.tasks import Task
-from frozenlm.training.loop import DataOrder, TrainConfig, TrainRow, training_rows
+from frozenlm.training.config import TrainConfig
+from frozenlm.training.rows import DataOrder, TrainRow, training_rows
 
 
 @dataclass(frozen=True)
