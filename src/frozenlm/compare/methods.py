@@ -231,53 +231,36 @@ class TrainedPlugin:
         )
 
 
-class PeftPrompt:
-    """PEFT's PromptTuning with the settings of its examples (random init, AdamW lr 3e-2)."""
+class PeftReference:
+    """A PEFT prompt-learning method trained with PEFT's own wrapper and the settings of its
+    examples (`training.peft_prompt`) on the rows frozenlm's loop would see, then evaluated as
+    the frozenlm plug-in of `kind` it converts to."""
 
-    name = "peft-prompt"
     trains = True
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        settings: Callable[..., Any],
+        run: Callable[[Backbone, Task, Any], Any],
+    ) -> None:
+        self.name, self.kind, self.settings, self.run = name, kind, settings, run
 
     def unavailable(self, task: Task) -> str | None:
         return None
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        config = PeftPromptConfig(steps=budget.steps, batch_size=budget.batch_size, seed=seed)
-        result = train_peft_prompt(backbone, task, config)
-        meta = plugin_meta(
-            "soft-prompt", to_json(result.plugin.config), backbone, [task], [task.name]
-        )
-        save_checkpoint(work / "best", result.plugin.tensors(), meta)
+        config = self.settings(steps=budget.steps, batch_size=budget.batch_size, seed=seed)
+        result = self.run(backbone, task, config)
+        plugin = result.plugin
+        meta = plugin_meta(self.kind, to_json(plugin.config), backbone, [task], [task.name])
+        save_checkpoint(work / "best", plugin.tensors(), meta)
         return Fitted(
             backbone,
             EvalConfig(seed=seed),
-            plugin=result.plugin,
-            trainable_parameters=sum(t.numel() for t in result.plugin.tensors().values()),
-            labelled_train=len(task.train),
-            train_seconds=result.seconds,
-            stored_bytes=folder_bytes(work / "best"),
-        )
-
-
-class PeftPrefix:
-    """PEFT's PrefixTuning with the settings of its causal-LM example (30 virtual tokens, no
-    projection, AdamW lr 3e-2 decaying linearly), evaluated as a frozenlm deep prompt."""
-
-    name = "peft-prefix"
-    trains = True
-
-    def unavailable(self, task: Task) -> str | None:
-        return None
-
-    def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        config = PeftPrefixConfig(steps=budget.steps, batch_size=budget.batch_size, seed=seed)
-        result = train_peft_prefix(backbone, task, config)
-        meta = plugin_meta("prefix", to_json(result.plugin.config), backbone, [task], [task.name])
-        save_checkpoint(work / "best", result.plugin.tensors(), meta)
-        return Fitted(
-            backbone,
-            EvalConfig(seed=seed),
-            plugin=result.plugin,
-            trainable_parameters=sum(t.numel() for t in result.plugin.tensors().values()),
+            plugin=plugin,
+            trainable_parameters=sum(t.numel() for t in plugin.tensors().values()),
             labelled_train=len(task.train),
             train_seconds=result.seconds,
             stored_bytes=folder_bytes(work / "best"),
@@ -449,8 +432,11 @@ METHODS: dict[str, Method] = {
     "few-shot": FewShot(),
     # Lester et al. 2021: class-label init, Adafactor lr 0.3.
     "soft-prompt": TrainedPlugin("soft-prompt", to_json(SoftPromptConfig())),
-    "peft-prompt": PeftPrompt(),
-    "peft-prefix": PeftPrefix(),
+    # PEFT's PromptTuning as in its examples: random init, AdamW lr 3e-2.
+    "peft-prompt": PeftReference("peft-prompt", "soft-prompt", PeftPromptConfig, train_peft_prompt),
+    # PEFT's PrefixTuning as in its causal-LM example: 30 virtual tokens, no projection, AdamW lr
+    # 3e-2 decaying linearly; evaluated as a frozenlm deep prompt.
+    "peft-prefix": PeftReference("peft-prefix", "prefix", PeftPrefixConfig, train_peft_prefix),
     # Li & Liang 2021, P-tuning v2: key/value prefixes at every layer.
     "prefix": TrainedPlugin("prefix", to_json(PrefixConfig())),
     "lora": Lora(),
