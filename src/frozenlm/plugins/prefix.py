@@ -76,8 +76,8 @@ def initial_prefix(
 ) -> torch.Tensor:
     """The starting prefix [L, 2, H, P, d] (fp32, CPU): the backbone's own keys and values of P
     real tokens (or small noise with `random` init)."""
-    layers, heads, width = kv_shape(backbone)
     if config.init is PromptInit.RANDOM:
+        layers, heads, width = kv_shape(backbone)
         generator = torch.Generator().manual_seed(seed)
         return torch.randn(layers, 2, heads, config.length, width, generator=generator) * 0.02
     ids = initial_ids(backbone, config.init, config.length, [spec], seed, config.vocab_size)
