@@ -1,15 +1,24 @@
-"""The plug-in classifier: training learns, out-of-fold exclusion, save/load, label mapping."""
+"""The plug-in classifier: training learns (fine-tuned or a head over the frozen encoder),
+out-of-fold exclusion, save/load, label mapping."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModel
 
 from conftest import write_toy_task
-from frozenlm.errors import CheckpointError
-from frozenlm.supericl.small_classifier import ClassifierTrainConfig, SmallClassifier
+from frozenlm.errors import CheckpointError, ConfigError
+from frozenlm.supericl.small_classifier import (
+    HEAD_TENSORS,
+    MARKER,
+    ClassifierTrainConfig,
+    EncoderTraining,
+    SmallClassifier,
+)
 from frozenlm.tasks import load_task
 from frozenlm.tasks.spec import Task
 
@@ -38,6 +47,50 @@ def test_training_learns_the_toy_task_and_leaves_out_the_excluded(
     assert plugin.accuracy(toy.test) >= 0.9
     best = max(h["dev_accuracy"] for h in plugin.info["history"])
     assert plugin.info["dev_accuracy"] == best
+
+
+FROZEN = ClassifierTrainConfig(
+    encoder_training=EncoderTraining.FROZEN, epochs=40, batch_size=200, lr=3e-2, dev_limit=8
+)
+
+
+def test_frozen_training_changes_only_the_head_and_keeps_the_last_epoch(
+    toy: Task, tiny_encoder: Path
+) -> None:
+    plugin = SmallClassifier.train(toy, FROZEN, encoder=str(tiny_encoder))
+    encoder = AutoModel.from_pretrained(tiny_encoder).state_dict()
+    for name, value in plugin.model.encoder.state_dict().items():
+        assert torch.equal(value, encoder[name]), name
+    assert plugin.num_trained == 32 * 2 + 2  # hidden 32 -> 2 labels, and the biases
+    assert plugin.info["best_epoch"] == FROZEN.epochs and not plugin.info["dev_selects"]
+    losses = plugin.info["losses"]
+    assert len(losses) == FROZEN.epochs and losses[-1] < losses[0] / 2
+    assert plugin.accuracy(toy.test) >= 0.9
+
+
+def test_a_frozen_plugin_saves_its_head_only_and_checks_its_encoder(
+    toy: Task, tiny_encoder: Path, tmp_path: Path
+) -> None:
+    plugin = SmallClassifier.train(toy, FROZEN, encoder=str(tiny_encoder))
+    plugin.save(tmp_path / "p")
+    assert sorted(f.name for f in (tmp_path / "p").iterdir()) == sorted([MARKER, HEAD_TENSORS])
+    loaded = SmallClassifier.load(tmp_path / "p", toy.spec)
+    assert torch.equal(plugin.probabilities(toy.test), loaded.probabilities(toy.test))
+    SmallClassifier.tiny(toy, seed=5).save(tmp_path / "other")  # same shapes, other weights
+    marker = json.loads((tmp_path / "p" / MARKER).read_text())
+    (tmp_path / "p" / MARKER).write_text(json.dumps({**marker, "encoder": str(tmp_path / "other")}))
+    with pytest.raises(CheckpointError, match="was trained over encoder weights"):
+        SmallClassifier.load(tmp_path / "p", toy.spec)
+    (tmp_path / "p" / MARKER).write_text(json.dumps({**marker, "encoder": str(tmp_path / "no")}))
+    with pytest.raises(CheckpointError, match="which is not a model folder here"):
+        SmallClassifier.load(tmp_path / "p", toy.spec)
+
+
+def test_a_config_without_epochs_or_rows_is_refused() -> None:
+    with pytest.raises(ConfigError, match="plug-in epochs must be >= 1, got 0"):
+        ClassifierTrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="plug-in batch_size must be >= 1, got 0"):
+        ClassifierTrainConfig(batch_size=0)
 
 
 def test_seeded_training_and_init_leave_the_callers_rng_untouched(
