@@ -10,20 +10,26 @@ train seconds, peak memory growth, and any divergence the loop recovered from.
 A method is a `compare` method name, optionally with overrides after a colon: plug-in config
 fields and `TrainConfig` fields, e.g. `soft-prompt:position=input`, `prefix:lr=0.003,length=20`
 (the recipe trials). Every finished cell is written under --cells at once, so an interrupted run
-continues where it stopped; --out is written (atomically) after every cell.
+continues where it stopped; --out is written (atomically) after every cell. `--report DIR`
+writes DIR/quality.md (accuracy with intervals, macro-F1, the spread over seeds, costs and the
+issue's targets) and DIR/quality.png (accuracy against train size per method) from --out, after
+the run or alone with `--report-only`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
+import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from frozenlm.atomic import atomic_write_json
+from frozenlm.atomic import atomic_write_bytes, atomic_write_json
 from frozenlm.backbone import Backbone
 from frozenlm.codec import to_json
 from frozenlm.compare.methods import METHODS, Budget, Method, TrainedPlugin
@@ -102,12 +108,209 @@ def run_cell(
     }
 
 
+FROZENLM = ("soft-prompt", "prefix", "id-pt")
+"""The frozen plug-ins frozenlm trains itself (the first part of a method spec)."""
+PEFT = ("peft-prompt", "peft-prefix")
+"""PEFT's prompt-learning baselines."""
+
+
+def _kind(spec: str) -> str:
+    return spec.split(":", 1)[0]
+
+
+def _groups(cells: Sequence[dict[str, Any]]) -> dict[tuple[str, int, str], list[dict[str, Any]]]:
+    """(task, size, method) -> its cells, one per seed, in plan order."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for cell in cells:
+        groups.setdefault((cell["task"], cell["size"], cell["method"]), []).append(cell)
+    return groups
+
+
+def _mean(group: Sequence[dict[str, Any]], key: str = "accuracy") -> float:
+    return statistics.fmean(c[key]["value"] if isinstance(c[key], dict) else c[key] for c in group)
+
+
+def _fmt(group: Sequence[dict[str, Any]]) -> str:
+    """One seed: "0.830 [0.775, 0.880]"; several: "0.812 ±0.021 (3 seeds)" (mean, sample
+    standard deviation), bold-free so the table stays greppable."""
+    if len(group) == 1:
+        a = group[0]["accuracy"]
+        text = f"{a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
+    else:
+        values = [c["accuracy"]["value"] for c in group]
+        text = (
+            f"{statistics.fmean(values):.3f} ±{statistics.stdev(values):.3f} ({len(values)} seeds)"
+        )
+    if any(c["accuracy"]["value"] <= c["majority"]["value"] for c in group):
+        text += " ≤maj"
+    if any(c.get("recoveries") for c in group):
+        text += " r" + str(sum(len(c.get("recoveries") or []) for c in group))
+    return text
+
+
+def quality_markdown(results: dict[str, Any]) -> str:
+    """The tables of quality.md: accuracy (interval or spread), macro-F1, costs, targets."""
+    cells = results["cells"]
+    groups = _groups(cells)
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    rows = list(dict.fromkeys((c["task"], c["size"]) for c in cells))
+    budget = results["budget"]
+    out = [
+        f"Backbone {results['backbone']}; {budget['steps']} steps of batch {budget['batch_size']}, "
+        f"dev evaluation every {budget['eval_every']} steps on {budget['dev_limit']} dev "
+        f"examples, test on the first {budget['test_limit']}. Test accuracy with bootstrap 95% "
+        "intervals (one seed) or mean ± standard deviation over seeds; `≤maj`: a cell at or "
+        "below the majority class; `rN`: N divergence recoveries in the loop.",
+        "",
+        "| task | rows | majority | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    for task, size in rows:
+        first = next(c for c in cells if (c["task"], c["size"]) == (task, size))
+        line = f"| {task} | {size} | {first['majority']['value']:.3f} |"
+        for method in methods:
+            group = groups.get((task, size, method))
+            line += f" {_fmt(group)} |" if group else " – |"
+        out.append(line)
+    out += ["", "Macro-F1 (mean over seeds):", ""]
+    out += ["| task | rows | majority | " + " | ".join(methods) + " |"]
+    out += ["|---|---|---|" + "---|" * len(methods)]
+    for task, size in rows:
+        first = next(c for c in cells if (c["task"], c["size"]) == (task, size))
+        line = f"| {task} | {size} | {first['majority_macro_f1']:.3f} |"
+        for method in methods:
+            group = groups.get((task, size, method))
+            line += f" {_mean(group, 'macro_f1'):.3f} |" if group else " – |"
+        out.append(line)
+    out += [
+        "",
+        "Costs (mean over cells): trainable numbers, train seconds, peak memory growth:",
+        "",
+    ]
+    out += ["| method | trainable | train s | peak MB |", "|---|---|---|---|"]
+    for method in methods:
+        mine = [c for c in cells if c["method"] == method]
+        trainable = max(c["trainable_parameters"] for c in mine)
+        seconds = statistics.fmean(c["train_seconds"] for c in mine)
+        peak = statistics.fmean(c["peak_mb"] for c in mine)
+        out.append(f"| {method} | {trainable:,} | {seconds:.0f} | {peak:.0f} |")
+    out += ["", *targets(cells)]
+    return "\n".join(out) + "\n"
+
+
+def targets(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """The issue's targets, each as the measured figure: the best frozenlm plug-in against the
+    best PEFT prompt-learning method (mean over task x size), against LoRA at 256 and 1,000
+    rows, and every trained cell against the majority class."""
+    groups = _groups(cells)
+    rows = list(dict.fromkeys((c["task"], c["size"]) for c in cells))
+
+    def best(task: str, size: int, kinds: Sequence[str]) -> float | None:
+        means = [
+            _mean(g)
+            for (t, n, m), g in groups.items()
+            if (t, n) == (task, size) and _kind(m) in kinds
+        ]
+        return max(means) if means else None
+
+    lines = ["Targets (measured):", ""]
+    gaps = []
+    for task, size in rows:
+        ours, peft = best(task, size, FROZENLM), best(task, size, PEFT)
+        if ours is not None and peft is not None:
+            gaps.append(ours - peft)
+    if gaps:
+        lines.append(
+            f"- best frozenlm plug-in minus best PEFT prompt method, mean over {len(gaps)} "
+            f"task x size cells: {100 * statistics.fmean(gaps):+.1f} points (target >= +3)"
+        )
+    for size in (256, 1000):
+        diffs = []
+        for task, n in rows:
+            ours, lora = best(task, n, FROZENLM), best(task, n, ("lora",))
+            if n == size and ours is not None and lora is not None:
+                diffs.append(f"{task} {100 * (ours - lora):+.1f}")
+        if diffs:
+            lines.append(
+                f"- best frozenlm plug-in minus LoRA at {size} rows: "
+                + ", ".join(diffs)
+                + " points (target >= -2)"
+            )
+    low = [
+        f"{c['task']}/{c['size']}/{c['method']}/seed {c['seed']} "
+        f"({c['accuracy']['value']:.3f} vs {c['majority']['value']:.3f})"
+        for c in cells
+        if c["accuracy"]["value"] <= c["majority"]["value"]
+    ]
+    lines.append(
+        f"- cells at or below the majority class: {len(low)} of {len(cells)}"
+        + (": " + "; ".join(low) if low else "")
+    )
+    return lines
+
+
+def plot_quality(results: dict[str, Any], path: Path) -> None:
+    """One panel per task: mean test accuracy (over seeds) against train rows (log scale), one
+    line per method, the seed-0 interval as a band, the majority class dotted."""
+    from matplotlib.figure import Figure
+
+    cells = results["cells"]
+    groups = _groups(cells)
+    tasks = list(dict.fromkeys(c["task"] for c in cells))
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    fig = Figure(figsize=(5.2 * len(tasks), 4.4), dpi=110)
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, task in zip(axes, tasks, strict=True):
+        sizes = sorted({c["size"] for c in cells if c["task"] == task})
+        for index, method in enumerate(methods):
+            measured = [n for n in sizes if (task, n, method) in groups]
+            if not measured:
+                continue
+            ys = [_mean(groups[(task, n, method)]) for n in measured]
+            color = f"C{index % 10}"
+            ax.plot(measured, ys, marker="o", color=color, label=method)
+            seed0 = [groups[(task, n, method)][0]["accuracy"] for n in measured]
+            ax.fill_between(
+                measured,
+                [a["low"] for a in seed0],
+                [a["high"] for a in seed0],
+                color=color,
+                alpha=0.08,
+                linewidth=0,
+            )
+        majority = next(c["majority"]["value"] for c in cells if c["task"] == task)
+        ax.axhline(majority, color="0.4", linestyle=":", label="majority class")
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_ylim(0, 1.02)
+        ax.set_title(task)
+        ax.set_xlabel("labelled train rows (log)")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{results['backbone']}: accuracy against train size (band: 95% interval, seed 0)")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    atomic_write_bytes(path, png.getvalue())
+
+
+def write_report(results: dict[str, Any], folder: Path) -> None:
+    text = quality_markdown(results)
+    atomic_write_bytes(folder / "quality.md", (text + "\n![quality](quality.png)\n").encode())
+    plot_quality(results, folder / "quality.png")
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="sentiment,trec,topic")
     parser.add_argument("--sizes", default="16,64,256,1000")
     parser.add_argument(
-        "--methods", default="peft-prompt,soft-prompt,prefix,lora", help="comma-separated specs"
+        "--methods",
+        default="peft-prompt;peft-prefix;soft-prompt;prefix;lora",
+        help="method specs, separated by ; (or , when no spec has overrides)",
     )
     parser.add_argument(
         "--full-ft-sizes", default="1000", help="sizes at which full fine-tuning also runs"
@@ -120,7 +323,16 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=200)
     parser.add_argument("--cells", default="runs/plugin_quality", help="one JSON per cell")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--report", help="folder for quality.md and quality.png")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write --report from --out without running"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        if not args.report:
+            parser.error("--report-only needs --report DIR")
+        write_report(json.loads(Path(args.out).read_text()), Path(args.report))
+        return
 
     budget = Budget(
         "quality",
@@ -168,6 +380,8 @@ def main() -> None:
             )
         results["cells"].append(cell)
         atomic_write_json(Path(args.out), results)
+    if args.report:
+        write_report(results, Path(args.report))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def test_one_step_trains_the_prompt_only(tiny: Backbone, tmp_path: Path) -> None
     task = load_task(str(write_toy_task(tmp_path, 48)))
     plugin = SoftPromptSet.from_config(SoftPromptConfig(length=4), tiny, [task.spec], seed=0)
     before = plugin.prompts["toy"].detach().clone()
-    config = TrainConfig(steps=1, batch_size=4, eval_every=1, eval_limit=4)
+    # no divergence guard: the random tiny model's dev metric may sit below zero-shot, and a
+    # recovery would put the initial prompt back
+    config = TrainConfig(steps=1, batch_size=4, eval_every=1, eval_limit=4, recover=False)
     train(tiny, plugin, [task], config, tmp_path / "run", meta={"kind": "soft-prompt"})
     assert not torch.equal(before, plugin.prompts["toy"])
     assert all(p.grad is None for p in tiny.model.parameters())
@@ -383,6 +385,27 @@ def test_a_diverging_run_goes_back_to_its_best_state_with_a_lower_rate(
     assert best["dev"] == max(h["dev"] for h in result.history)
     state = json.loads((tmp_path / "run" / "last" / "training_state.json").read_text())
     assert state["loop"]["recoveries"] == result.recoveries
+
+
+def test_a_run_that_diverges_at_its_first_evaluation_restarts_from_its_initial_state(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    """The first evaluation is the best so far, but a diverged one is no state to go back to:
+    the recovery restores the prompt it started from and records step 0 as its target."""
+    task = load_task(str(write_toy_task(tmp_path, 48)))
+    plugin = SoftPromptSet.from_config(SoftPromptConfig(length=4), tiny, [task.spec], seed=0)
+    before = plugin.prompts["toy"].detach().clone()
+    config = TrainConfig(
+        steps=1, batch_size=8, eval_every=1, eval_limit=8, patience=0, optimizer="adamw",
+        lr=30.0, max_grad_norm=None,
+    )  # fmt: skip
+    result = train(tiny, plugin, [task], config, tmp_path / "run", meta={"kind": "soft-prompt"})
+    (first,) = result.recoveries
+    assert first["step"] == 1 and first["back_to_step"] == 0, result.history
+    assert first["lr_factor"] == pytest.approx(config.recover_factor)
+    assert torch.equal(plugin.prompts["toy"].detach(), before)
+    # best/ still holds the best evaluation there was (here the only one)
+    assert load_checkpoint(tmp_path / "run" / "best").meta["metrics"]["step"] == 1
 
 
 def test_warmup_raises_the_rate_linearly() -> None:

@@ -112,6 +112,10 @@ class TrainState:
     """Dev evaluations in a row at which the mean training loss rose."""
     floor: float | None = None
     """Calibrated zero-shot dev metric (the divergence floor), measured once at the start."""
+    safe: float | None = None
+    """Best dev metric of an evaluation that did not diverge (None: none yet)..."""
+    safe_step: int = 0
+    """...and its step: what a recovery goes back to (0: the plug-in's initial state)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One entry per dev evaluation: step, mean training loss, dev metric, per-task metric."""
     recoveries: list[dict[str, Any]] = field(default_factory=list)
@@ -146,7 +150,8 @@ class Run:
     base_lrs: list[float] = field(default_factory=list)
     """Each optimizer group's learning rate before warm-up and recoveries."""
     best_params: dict[str, torch.Tensor] = field(default_factory=dict)
-    """The plug-in's parameters at its best dev evaluation (what a recovery goes back to)."""
+    """What a recovery goes back to: the plug-in's parameters at its best dev evaluation that
+    did not diverge (`TrainState.safe_step`), or its initial parameters before there is one."""
     majority: float | None = None
     """Dev accuracy of the train majority class (`dev_majority`; None: not classification)."""
 
@@ -182,6 +187,8 @@ def setup(
     state = TrainState()
     if resume:
         state = resume_state(run) or state
+    if not run.best_params:  # a fresh run: a recovery before any healthy evaluation restarts
+        run.best_params = {n: p.detach().clone() for n, p in plugin.named_parameters()}
     if config.recover and state.floor is None:
         plugin.eval()
         state.floor = zero_shot_floor(backbone, tasks, config)
@@ -258,11 +265,19 @@ def evaluate_dev(run: Run, state: TrainState) -> tuple[float, dict[str, float]]:
 
 
 def save_best(run: Run, state: TrainState, metric: float, per_task: dict[str, float]) -> None:
-    """The plug-in and its dev metrics in `out/best/` (and its parameters in memory, for a
-    recovery)."""
+    """The plug-in and its dev metrics in `out/best/`."""
     metrics = {"dev": metric, "dev_per_task": per_task, "step": state.step}
     save_checkpoint(run.out / "best", run.plugin.tensors(), {**run.meta, "metrics": metrics})
-    run.best_params = {n: p.detach().clone() for n, p in run.plugin.named_parameters()}
+
+
+def keep_safe(run: Run, state: TrainState, metric: float) -> None:
+    """Remember the parameters of a dev evaluation that did not diverge, when it is the best
+    such one: what a later recovery goes back to. A diverged evaluation is never a recovery's
+    target, even when it is the best so far (the first evaluation of a run that went wrong at
+    once): that recovery restarts from the initial state instead."""
+    if state.safe is None or metric > state.safe:
+        state.safe, state.safe_step = metric, state.step
+        run.best_params = {n: p.detach().clone() for n, p in run.plugin.named_parameters()}
 
 
 def divergence(run: Run, state: TrainState, metric: float) -> str | None:
@@ -288,8 +303,8 @@ def divergence(run: Run, state: TrainState, metric: float) -> str | None:
 
 
 def recover(run: Run, state: TrainState, reason: str) -> bool:
-    """Back to the best state with a lower learning rate (fresh optimizer statistics); False
-    when the run has used its recoveries (it should stop)."""
+    """Back to the best healthy state (`keep_safe`) with a lower learning rate and fresh
+    optimizer statistics; False when the run has used its recoveries (it should stop)."""
     config = run.config
     if len(state.recoveries) >= config.max_recoveries or not run.best_params:
         log.warning("training diverged at step %d (%s); no recovery left", state.step, reason)
@@ -301,12 +316,20 @@ def recover(run: Run, state: TrainState, reason: str) -> bool:
             param.copy_(run.best_params[name])
     run.optimizer.state.clear()
     state.rising, state.bad = 0, 0
-    state.recoveries.append({"step": state.step, "reason": reason, "lr_factor": state.lr_factor})
+    state.recoveries.append(
+        {
+            "step": state.step,
+            "reason": reason,
+            "lr_factor": state.lr_factor,
+            "back_to_step": state.safe_step,
+        }
+    )
+    target = f"step {state.safe_step}" if state.safe_step else "the initial state"
     log.warning(
-        "training diverged at step %d (%s): back to the best state (step %d), learning rate x%g",
+        "training diverged at step %d (%s): back to the best healthy state (%s), learning rate x%g",
         state.step,
         reason,
-        state.best_step,
+        target,
         state.lr_factor,
     )
     return True
@@ -364,6 +387,8 @@ def train_steps(run: Run, state: TrainState) -> bool:
                 save_best(run, state, metric, per_task)
             else:
                 state.bad += 1
+            if reason is None:
+                keep_safe(run, state, metric)
             stopped = config.patience > 0 and state.bad >= config.patience
             if reason is not None:
                 stopped = not recover(run, state, reason)
