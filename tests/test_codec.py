@@ -17,7 +17,7 @@ def test_soft_prompt_config_json_is_what_checkpoints_hold() -> None:
         "vocab_size": 5000,
         "random_range": 0.5,
         "shared": True,
-        "position": "start",
+        "position": "input",
         "residual": 0,
     }
     assert from_json(SoftPromptConfig, to_json(config)) == config

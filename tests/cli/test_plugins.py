@@ -42,7 +42,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "--prompt-length",
             "3",
         ]
-        assert main([*argv, "--seed", str(seed)]) == 0
+        # run0 sits where PEFT puts a prompt (exportable), run1 at the default position
+        position = ["--position", "start"] if seed == 0 else []
+        assert main([*argv, *position, "--seed", str(seed)]) == 0
     return folder, task
 
 
@@ -143,9 +145,15 @@ def test_an_ensemble_is_evaluated_on_one_task(
     assert "is evaluated on one --task" in capsys.readouterr().err
 
 
-def test_peft_round_trip_scores_the_same(trained: tuple[Path, Path]) -> None:
+def test_peft_round_trip_scores_the_same(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _ = trained
     peft_dir, back = folder / "peft", folder / "imported"
+    # a prompt before the input cannot become a PEFT adapter (PEFT's go before everything)
+    refused = ["export-peft", str(folder / "run1"), str(peft_dir), "--task", "trec"]
+    assert main([*refused, "--backbone", "tiny"]) == 2
+    assert "position 'input'" in capsys.readouterr().err and not peft_dir.exists()
     assert (
         main(
             [

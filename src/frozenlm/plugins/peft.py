@@ -39,6 +39,7 @@ from frozenlm.codec import to_json
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.checkpoint import read_json_object, save_checkpoint
 from frozenlm.plugins.prefix import DeepPrompt, PrefixConfig, kv_shape
+from frozenlm.plugins.protocol import SoftPosition
 from frozenlm.plugins.registry import load_plugin, plugin_meta
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import load_task
@@ -354,6 +355,12 @@ def export_peft_plugin(
     name = task or names[0]
     if isinstance(plugin, DeepPrompt):
         export_peft_prefix(plugin.prefix(name), backbone, out)
+    elif plugin.config.position is not SoftPosition.START:
+        raise ConfigError(
+            f"'{folder}' places its soft prompt at position '{plugin.config.position}', and a "
+            "PEFT prompt-tuning adapter always puts it before everything (position 'start'); "
+            "only a soft prompt trained with --position start can be exported"
+        )
     else:
         export_peft(plugin.prompt(name), backbone, out)
     return name
@@ -381,7 +388,8 @@ def import_peft_plugin(
         plugin = DeepPrompt({task.name: prefix}, prefix_config)
     else:
         prompt = import_peft(folder, backbone)  # [P, D]
-        prompt_config = SoftPromptConfig(length=int(prompt.shape[0]))
+        # PEFT puts the virtual tokens before everything
+        prompt_config = SoftPromptConfig(length=int(prompt.shape[0]), position=SoftPosition.START)
         method, config = "soft-prompt", to_json(prompt_config)
         task = load_task(task_ref)
         plugin = SoftPromptSet({task.name: prompt}, prompt_config)

@@ -13,7 +13,7 @@ from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.checkpoint import Checkpoint, load_checkpoint
 from frozenlm.plugins.prefix import DeepPrompt, PrefixConfig
 from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
-from frozenlm.plugins.protocol import Plugin
+from frozenlm.plugins.protocol import Plugin, SoftPosition
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import Task, TaskSpec
 
@@ -40,7 +40,9 @@ def _build_soft_prompt(
 
 
 def _restore_soft_prompt(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
-    config = from_json(SoftPromptConfig, checkpoint.meta["plugin_config"], "soft prompt config")
+    # checkpoints saved before `position` existed (default then: start) were trained there
+    saved = {"position": SoftPosition.START.value, **checkpoint.meta["plugin_config"]}
+    config = from_json(SoftPromptConfig, saved, "soft prompt config")
     return SoftPromptSet.from_tensors(
         checkpoint.tensors,
         config,

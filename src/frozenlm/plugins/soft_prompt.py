@@ -55,8 +55,11 @@ class SoftPromptConfig:
     shared: bool = False
     """One prompt for every task instead of one per task (the multi-task baseline that, like
     input-dependent prompts, gets no task id); `class-labels` init then uses every task's labels."""
-    position: SoftPosition = SoftPosition.START
-    """Where the prompt sits in each row (see `SoftPosition`)."""
+    position: SoftPosition = SoftPosition.INPUT
+    """Where the prompt sits in each row (see `SoftPosition`). Right before the input by
+    measurement (docs/results/quality/recipe.md): before everything, as Lester et al. place it,
+    the prompt displaces the chat template's first token, where this kind of model parks its
+    attention, and training collapsed to below the majority class."""
     residual: int = 0
     """Residual reparameterization (Razdaibiedina et al. 2023) with a bottleneck of this width
     while training (0: none). Stored prompts are the reparameterized vectors, so loading needs
