@@ -24,7 +24,15 @@ from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import load_task
 from frozenlm.training.config import TrainConfig
-from frozenlm.training.loop import train, train_plugin
+from frozenlm.training.loop import (
+    divergence,
+    healthy,
+    keep_safe,
+    recover,
+    setup,
+    train,
+    train_plugin,
+)
 from frozenlm.training.rows import DataOrder, training_rows
 
 
@@ -391,25 +399,50 @@ def test_a_diverging_run_goes_back_to_its_best_state_with_a_lower_rate(
     assert state["loop"]["recoveries"] == result.recoveries
 
 
-def test_a_run_that_diverges_at_its_first_evaluation_restarts_from_its_initial_state(
+def test_divergence_is_a_fall_from_a_healthy_evaluation_and_recovery_goes_back_to_it(
     tiny: Backbone, tmp_path: Path
 ) -> None:
-    """The first evaluation is the best so far, but a diverged one is no state to go back to:
-    the recovery restores the prompt it started from and records step 0 as its target."""
+    """Below zero-shot before any healthy evaluation is still learning, not diverging; a loss
+    that keeps rising is divergence at any time. A recovery goes back to the best healthy
+    evaluation, or to the initial state when there has been none."""
     task = load_task(str(write_toy_task(tmp_path, 48)))
     plugin = SoftPromptSet.from_config(SoftPromptConfig(length=4), tiny, [task.spec], seed=0)
-    before = plugin.prompts["toy"].detach().clone()
-    config = TrainConfig(
-        steps=1, batch_size=8, eval_every=1, eval_limit=8, patience=0, optimizer="adamw",
-        lr=30.0, max_grad_norm=None,
-    )  # fmt: skip
-    result = train(tiny, plugin, [task], config, tmp_path / "run", meta={"kind": "soft-prompt"})
-    (first,) = result.recoveries
-    assert first["step"] == 1 and first["back_to_step"] == 0, result.history
-    assert first["lr_factor"] == pytest.approx(config.recover_factor)
-    assert torch.equal(plugin.prompts["toy"].detach(), before)
-    # best/ still holds the best evaluation there was (here the only one)
-    assert load_checkpoint(tmp_path / "run" / "best").meta["metrics"]["step"] == 1
+    initial = plugin.prompts["toy"].detach().clone()
+    config = TrainConfig(steps=10, batch_size=8, eval_limit=8, rising_evals=1)
+    run, state = setup(tiny, plugin, [task], config, tmp_path / "run", meta={"kind": "soft"})
+    state.floor, run.majority = 0.6, 0.5  # the references this test reasons about
+    assert not healthy(run, state, 0.55) and not healthy(run, state, 0.5)
+    assert healthy(run, state, 0.6)
+    with torch.no_grad():
+        plugin.prompts["toy"].add_(1.0)  # "training" moved the prompt
+    state.step, state.history = 5, [{"loss": 1.0}]
+    assert divergence(run, state, 0.3) is None  # not yet healthy: still learning
+    keep_safe(run, state, 0.3)
+    assert state.safe is None
+    state.history.append({"loss": 2.0})
+    reason = divergence(run, state, 0.3)
+    assert reason is not None and "rose" in reason
+    assert recover(run, state, reason)
+    assert state.recoveries[-1]["back_to_step"] == 0
+    assert torch.equal(plugin.prompts["toy"].detach(), initial)  # no healthy state: the start
+    with torch.no_grad():
+        plugin.prompts["toy"].add_(2.0)
+    state.step, state.history = 8, [{"loss": 1.0}]
+    keep_safe(run, state, 0.7)  # healthy: what a recovery now goes back to
+    healthy_prompt = plugin.prompts["toy"].detach().clone()
+    assert (state.safe, state.safe_step) == (0.7, 8)
+    with torch.no_grad():
+        plugin.prompts["toy"].add_(3.0)
+    state.step, state.history = 9, [{"loss": 1.0}, {"loss": 0.9}]
+    reason = divergence(run, state, 0.55)
+    assert reason is not None and "below calibrated zero-shot" in reason and "0.700" in reason
+    assert recover(run, state, reason)
+    assert state.recoveries[-1]["back_to_step"] == 8
+    assert torch.equal(plugin.prompts["toy"].detach(), healthy_prompt)
+    assert state.lr_factor == pytest.approx(config.recover_factor**2)
+    state.floor = 0.4  # a floor below the majority class: the label prior is the next test
+    state.history = [{"loss": 1.0}, {"loss": 0.8}]
+    assert "majority" in (divergence(run, state, 0.5) or "")
 
 
 def test_warmup_raises_the_rate_linearly() -> None:
