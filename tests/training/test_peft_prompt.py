@@ -37,6 +37,28 @@ def test_peft_reference_trains_and_leaves_the_backbone_untouched(tiny: Backbone)
     assert report.method == "soft-prompt" and report.n == 8
 
 
+def test_peft_prompt_sees_the_loops_rows_in_order_and_converts_exactly(tiny: Backbone) -> None:
+    """At learning rate 0 each step's PEFT loss must equal frozenlm's loss of the same rows
+    behind the converted soft prompt: same rows, order and place of the prompt (PEFT's virtual
+    tokens go before everything, whatever frozenlm's default position is)."""
+    task = load_task("trec")
+    config = PeftPromptConfig(prompt_length=3, steps=3, batch_size=4, lr=0.0, seed=2)
+    result = train_peft_prompt(tiny, task, config)
+    rows = training_rows(tiny, [task], TrainConfig(seed=2))
+    order = DataOrder(len(rows), 2)
+    (conditioning,) = result.plugin.condition(task.spec, [task.train[0]])
+    conditioning = conditioning.detached()
+    for step, loss in enumerate(result.losses):
+        batch = [rows[order[p]] for p in range(4 * step, 4 * step + 4)]
+        with torch.no_grad():
+            ours = batch_loss(
+                tiny, [conditioning.row(r.prefix, r.input_start) for r in batch],
+                [r.target for r in batch],
+            )  # fmt: skip
+        assert float(ours) == pytest.approx(loss, abs=1e-5)
+    assert len(set(result.losses)) == 3  # different rows each step: the check can fail
+
+
 def test_peft_prefix_sees_the_loops_rows_in_order_and_converts_exactly(tiny: Backbone) -> None:
     """At learning rate 0 the prefix stays at PEFT's init, so each step's PEFT loss must equal
     frozenlm's loss, behind the converted deep prompt, of the rows frozenlm's loop would give
