@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import io
 import json
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -114,8 +115,26 @@ PEFT = ("peft-prompt", "peft-prefix")
 """PEFT's prompt-learning baselines."""
 
 
+ORDER = ("peft-prompt", "peft-prefix", "soft-prompt", "id-pt", "prefix", "lora", "full-ft")
+"""Column and legend order: PEFT's prompt methods, frozenlm's plug-ins, then fine-tuning."""
+
+
 def _kind(spec: str) -> str:
     return spec.split(":", 1)[0]
+
+
+def _methods(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """The cells' method specs in `ORDER` (unknown kinds last), variants in first-seen order."""
+    seen = list(dict.fromkeys(c["method"] for c in cells))
+    rank = {kind: i for i, kind in enumerate(ORDER)}
+    return sorted(seen, key=lambda m: (rank.get(_kind(m), len(ORDER)), seen.index(m)))
+
+
+def _rows(cells: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(task, size) in first-seen task order, sizes ascending."""
+    tasks = list(dict.fromkeys(c["task"] for c in cells))
+    pairs = {(c["task"], c["size"]) for c in cells}
+    return sorted(pairs, key=lambda p: (tasks.index(p[0]), p[1]))
 
 
 def _groups(cells: Sequence[dict[str, Any]]) -> dict[tuple[str, int, str], list[dict[str, Any]]]:
@@ -152,8 +171,7 @@ def quality_markdown(results: dict[str, Any]) -> str:
     """The tables of quality.md: accuracy (interval or spread), macro-F1, costs, targets."""
     cells = results["cells"]
     groups = _groups(cells)
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    rows = list(dict.fromkeys((c["task"], c["size"]) for c in cells))
+    methods, rows = _methods(cells), _rows(cells)
     budget = results["budget"]
     out = [
         f"Backbone {results['backbone']}; {budget['steps']} steps of batch {budget['batch_size']}, "
@@ -203,7 +221,7 @@ def targets(cells: Sequence[dict[str, Any]]) -> list[str]:
     best PEFT prompt-learning method (mean over task x size), against LoRA at 256 and 1,000
     rows, and every trained cell against the majority class."""
     groups = _groups(cells)
-    rows = list(dict.fromkeys((c["task"], c["size"]) for c in cells))
+    rows = _rows(cells)
 
     def best(task: str, size: int, kinds: Sequence[str]) -> float | None:
         means = [
@@ -236,16 +254,18 @@ def targets(cells: Sequence[dict[str, Any]]) -> list[str]:
                 + ", ".join(diffs)
                 + " points (target >= -2)"
             )
-    low = [
-        f"{c['task']}/{c['size']}/{c['method']}/seed {c['seed']} "
-        f"({c['accuracy']['value']:.3f} vs {c['majority']['value']:.3f})"
-        for c in cells
-        if c["accuracy"]["value"] <= c["majority"]["value"]
-    ]
-    lines.append(
-        f"- cells at or below the majority class: {len(low)} of {len(cells)}"
-        + (": " + "; ".join(low) if low else "")
-    )
+    for label, ours in (("frozenlm plug-in", True), ("baseline", False)):
+        mine = [c for c in cells if (_kind(c["method"]) in FROZENLM) == ours]
+        low = [
+            f"{c['task']}/{c['size']}/{c['method']}/seed {c['seed']} "
+            f"({c['accuracy']['value']:.3f} vs {c['majority']['value']:.3f})"
+            for c in mine
+            if c["accuracy"]["value"] <= c["majority"]["value"]
+        ]
+        lines.append(
+            f"- {label} cells at or below the majority class: {len(low)} of {len(mine)}"
+            + (": " + "; ".join(low) if low else "")
+        )
     return lines
 
 
@@ -257,7 +277,7 @@ def plot_quality(results: dict[str, Any], path: Path) -> None:
     cells = results["cells"]
     groups = _groups(cells)
     tasks = list(dict.fromkeys(c["task"] for c in cells))
-    methods = list(dict.fromkeys(c["method"] for c in cells))
+    methods = _methods(cells)
     fig = Figure(figsize=(5.2 * len(tasks), 4.4), dpi=110)
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks, strict=True):
@@ -288,9 +308,13 @@ def plot_quality(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("labelled train rows (log)")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+    handles: dict[str, Any] = {}
+    for ax in axes:  # one legend for all panels, below them, so it hides no point
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=8)
     fig.suptitle(f"{results['backbone']}: accuracy against train size (band: 95% interval, seed 0)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * math.ceil(len(handles) / 4), 1, 1))
     png = io.BytesIO()
     fig.savefig(png, format="png")
     atomic_write_bytes(path, png.getvalue())
