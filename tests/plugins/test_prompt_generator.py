@@ -17,6 +17,7 @@ from frozenlm.plugins.prompt_generator import (
     PromptGeneratorConfig,
     generator_text,
 )
+from frozenlm.plugins.protocol import SoftPosition
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, SoftPromptSet
 from frozenlm.tasks import load_task
@@ -135,7 +136,9 @@ def test_on_the_embedded_model_an_untrained_generator_scores_as_the_shared_promp
     specs = [t.spec for t in tasks]
     generator = PromptGenerator.from_config(PromptGeneratorConfig(), embedded, specs, seed=0)
     assert generator.num_trainable() / embedded.num_parameters <= 0.01
-    shared = SoftPromptSet.from_config(SoftPromptConfig(shared=True), embedded, specs, 0)
+    # at start: where the generator puts the prompts it writes
+    shared_config = SoftPromptConfig(shared=True, position=SoftPosition.START)
+    shared = SoftPromptSet.from_config(shared_config, embedded, specs, 0)
     config = EvalConfig(limit=6)
     for task in tasks:
         by_generator = evaluate(embedded, task, config, plugin=generator.eval())
