@@ -25,7 +25,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,29 @@ def _fmt(group: Sequence[dict[str, Any]]) -> str:
     return text
 
 
+def _table(
+    rows: Sequence[tuple[str, int]],
+    methods: Sequence[str],
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]],
+    majority_key: str,
+    fmt: Callable[[Sequence[dict[str, Any]]], str],
+) -> list[str]:
+    """A markdown table: one line per (task, size) with the majority class's `majority_key`
+    and `fmt` of each method's cells ("–" where it did not run)."""
+    lines = ["| task | rows | majority | " + " | ".join(methods) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(methods))
+    for task, size in rows:
+        first = next(g[0] for (t, n, _), g in groups.items() if (t, n) == (task, size))
+        majority = first[majority_key]
+        value = majority["value"] if isinstance(majority, dict) else majority
+        line = f"| {task} | {size} | {value:.3f} |"
+        for method in methods:
+            group = groups.get((task, size, method))
+            line += f" {fmt(group)} |" if group else " – |"
+        lines.append(line)
+    return lines
+
+
 def quality_markdown(results: dict[str, Any]) -> str:
     """The tables of quality.md: accuracy (interval or spread), macro-F1, costs, targets."""
     cells = results["cells"]
@@ -180,26 +203,12 @@ def quality_markdown(results: dict[str, Any]) -> str:
         "intervals (one seed) or mean ± standard deviation over seeds; `≤maj`: a cell at or "
         "below the majority class; `rN`: N divergence recoveries in the loop.",
         "",
-        "| task | rows | majority | " + " | ".join(methods) + " |",
-        "|---|---|---|" + "---|" * len(methods),
     ]
-    for task, size in rows:
-        first = next(c for c in cells if (c["task"], c["size"]) == (task, size))
-        line = f"| {task} | {size} | {first['majority']['value']:.3f} |"
-        for method in methods:
-            group = groups.get((task, size, method))
-            line += f" {_fmt(group)} |" if group else " – |"
-        out.append(line)
+    out += _table(rows, methods, groups, "majority", _fmt)
     out += ["", "Macro-F1 (mean over seeds):", ""]
-    out += ["| task | rows | majority | " + " | ".join(methods) + " |"]
-    out += ["|---|---|---|" + "---|" * len(methods)]
-    for task, size in rows:
-        first = next(c for c in cells if (c["task"], c["size"]) == (task, size))
-        line = f"| {task} | {size} | {first['majority_macro_f1']:.3f} |"
-        for method in methods:
-            group = groups.get((task, size, method))
-            line += f" {_mean(group, 'macro_f1'):.3f} |" if group else " – |"
-        out.append(line)
+    out += _table(
+        rows, methods, groups, "majority_macro_f1", lambda g: f"{_mean(g, 'macro_f1'):.3f}"
+    )
     out += [
         "",
         "Costs (mean over cells): trainable numbers, train seconds, peak memory growth:",
