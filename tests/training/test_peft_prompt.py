@@ -7,7 +7,8 @@ from frozenlm.backbone import Backbone
 from frozenlm.engine.loss import batch_loss
 from frozenlm.evaluation.evaluate import EvalConfig, evaluate
 from frozenlm.plugins.prefix import kv_shape
-from frozenlm.tasks import load_task
+from frozenlm.plugins.protocol import Plugin
+from frozenlm.tasks import Task, load_task
 from frozenlm.training.config import TrainConfig
 from frozenlm.training.peft_prompt import (
     PeftPrefixConfig,
@@ -37,18 +38,17 @@ def test_peft_reference_trains_and_leaves_the_backbone_untouched(tiny: Backbone)
     assert report.method == "soft-prompt" and report.n == 8
 
 
-def test_peft_prompt_sees_the_loops_rows_in_order_and_converts_exactly(tiny: Backbone) -> None:
-    """At learning rate 0 each step's PEFT loss must equal frozenlm's loss of the same rows
-    behind the converted soft prompt: same rows, order and place of the prompt (PEFT's virtual
-    tokens go before everything, whatever frozenlm's default position is)."""
-    task = load_task("trec")
-    config = PeftPromptConfig(prompt_length=3, steps=3, batch_size=4, lr=0.0, seed=2)
-    result = train_peft_prompt(tiny, task, config)
+def assert_losses_are_frozenlms(
+    tiny: Backbone, task: Task, plugin: Plugin, losses: list[float]
+) -> None:
+    """Each of PEFT's step losses (3 steps of batch 4, seed 2, learning rate 0) equals
+    frozenlm's loss, behind the converted `plugin`, of the rows frozenlm's loop would give that
+    step (`training_rows`, `DataOrder`): the same rows, order, positions and layout."""
     rows = training_rows(tiny, [task], TrainConfig(seed=2))
     order = DataOrder(len(rows), 2)
-    (conditioning,) = result.plugin.condition(task.spec, [task.train[0]])
+    (conditioning,) = plugin.condition(task.spec, [task.train[0]])
     conditioning = conditioning.detached()
-    for step, loss in enumerate(result.losses):
+    for step, loss in enumerate(losses):
         batch = [rows[order[p]] for p in range(4 * step, 4 * step + 4)]
         with torch.no_grad():
             ours = batch_loss(
@@ -56,7 +56,17 @@ def test_peft_prompt_sees_the_loops_rows_in_order_and_converts_exactly(tiny: Bac
                 [r.target for r in batch],
             )  # fmt: skip
         assert float(ours) == pytest.approx(loss, abs=1e-5)
-    assert len(set(result.losses)) == 3  # different rows each step: the check can fail
+    assert len(set(losses)) == 3  # different rows each step: the check can fail
+
+
+def test_peft_prompt_sees_the_loops_rows_in_order_and_converts_exactly(tiny: Backbone) -> None:
+    """At learning rate 0 each step's PEFT loss must equal frozenlm's loss of the same rows
+    behind the converted soft prompt: same rows, order and place of the prompt (PEFT's virtual
+    tokens go before everything, whatever frozenlm's default position is)."""
+    task = load_task("trec")
+    config = PeftPromptConfig(prompt_length=3, steps=3, batch_size=4, lr=0.0, seed=2)
+    result = train_peft_prompt(tiny, task, config)
+    assert_losses_are_frozenlms(tiny, task, result.plugin, result.losses)
 
 
 def test_peft_prefix_sees_the_loops_rows_in_order_and_converts_exactly(tiny: Backbone) -> None:
@@ -77,19 +87,7 @@ def test_peft_prefix_sees_the_loops_rows_in_order_and_converts_exactly(tiny: Bac
     tiny.__dict__.pop("fingerprint", None)  # recompute from the weights
     assert tiny.fingerprint == fingerprint
 
-    rows = training_rows(tiny, [task], TrainConfig(seed=2))
-    order = DataOrder(len(rows), 2)
-    (conditioning,) = result.plugin.condition(task.spec, [task.train[0]])
-    conditioning = conditioning.detached()
-    for step, loss in enumerate(result.losses):
-        batch = [rows[order[p]] for p in range(4 * step, 4 * step + 4)]
-        with torch.no_grad():
-            ours = batch_loss(
-                tiny, [conditioning.row(r.prefix, r.input_start) for r in batch],
-                [r.target for r in batch],
-            )  # fmt: skip
-        assert float(ours) == pytest.approx(loss, abs=1e-5)
-    assert len(set(result.losses)) == 3  # different rows each step: the check can fail
+    assert_losses_are_frozenlms(tiny, task, result.plugin, result.losses)
 
 
 def test_peft_prefix_learns_with_its_examples_recipe(tiny: Backbone, tmp_path: Path) -> None:
