@@ -46,6 +46,10 @@ from frozenlm.tasks import load_task
 
 log = logging.getLogger(__name__)
 
+PEFT_PROMPT_POSITION = SoftPosition.START
+"""Where PEFT's prompt tuning puts its virtual tokens: before everything. A soft prompt
+converted from or to a PEFT adapter sits there."""
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
@@ -355,11 +359,12 @@ def export_peft_plugin(
     name = task or names[0]
     if isinstance(plugin, DeepPrompt):
         export_peft_prefix(plugin.prefix(name), backbone, out)
-    elif plugin.config.position is not SoftPosition.START:
+    elif plugin.config.position is not PEFT_PROMPT_POSITION:
         raise ConfigError(
             f"'{folder}' places its soft prompt at position '{plugin.config.position}', and a "
-            "PEFT prompt-tuning adapter always puts it before everything (position 'start'); "
-            "only a soft prompt trained with --position start can be exported"
+            f"PEFT prompt-tuning adapter always puts it before everything (position "
+            f"'{PEFT_PROMPT_POSITION}'); only a soft prompt trained with --position "
+            f"{PEFT_PROMPT_POSITION} can be exported"
         )
     else:
         export_peft(plugin.prompt(name), backbone, out)
@@ -388,8 +393,7 @@ def import_peft_plugin(
         plugin = DeepPrompt({task.name: prefix}, prefix_config)
     else:
         prompt = import_peft(folder, backbone)  # [P, D]
-        # PEFT puts the virtual tokens before everything
-        prompt_config = SoftPromptConfig(length=int(prompt.shape[0]), position=SoftPosition.START)
+        prompt_config = SoftPromptConfig(length=int(prompt.shape[0]), position=PEFT_PROMPT_POSITION)
         method, config = "soft-prompt", to_json(prompt_config)
         task = load_task(task_ref)
         plugin = SoftPromptSet({task.name: prompt}, prompt_config)

@@ -29,9 +29,8 @@ from transformers import get_linear_schedule_with_warmup
 from frozenlm.backbone import Backbone
 from frozenlm.devices import seeded_rng
 from frozenlm.engine.splice import IGNORE_INDEX
-from frozenlm.plugins.peft import peft_prefix_layout, prefix_from_peft
+from frozenlm.plugins.peft import PEFT_PROMPT_POSITION, peft_prefix_layout, prefix_from_peft
 from frozenlm.plugins.prefix import DeepPrompt, PrefixConfig
-from frozenlm.plugins.protocol import SoftPosition
 from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, SoftPromptSet
 from frozenlm.progress import progress
 from frozenlm.tasks import Task
@@ -135,9 +134,8 @@ def _train(
         run = _Run(model, backbone.device, rows, order, config.batch_size, f"peft {task.name}")
         seconds, losses = _steps(run, optimizer, config.steps)
         weights = model.get_prompt_embedding_to_save("default").detach().float().clone()  # [P, D]
-    # PEFT puts its virtual tokens before everything: the converted prompt must sit there too
     prompt_config = SoftPromptConfig(
-        length=config.prompt_length, init=PromptInit.RANDOM, position=SoftPosition.START
+        length=config.prompt_length, init=PromptInit.RANDOM, position=PEFT_PROMPT_POSITION
     )
     plugin = SoftPromptSet({task.name: weights}, prompt_config)
     plugin.requires_grad_(False)
