@@ -318,7 +318,7 @@ def recover(run: Run, state: TrainState, reason: str) -> bool:
     """Back to the best healthy state (`keep_safe`) with a lower learning rate and fresh
     optimizer statistics; False when the run has used its recoveries (it should stop)."""
     config = run.config
-    if len(state.recoveries) >= config.max_recoveries or not run.best_params:
+    if len(state.recoveries) >= config.max_recoveries:
         log.warning("training diverged at step %d (%s); no recovery left", state.step, reason)
         state.recoveries.append({"step": state.step, "reason": reason, "lr_factor": None})
         return False
