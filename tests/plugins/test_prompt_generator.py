@@ -1,5 +1,6 @@
 """The ID-PT prompt generator: what it reads, shapes, masking, size, checkpoints, encoders."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,16 @@ def test_checkpoint_round_trip_and_wrong_shapes(tiny: Backbone, tmp_path: Path) 
     torch.testing.assert_close(first, again.soft_tokens(task.spec, list(task.test[:2])))
     assert not torch.allclose(first[0], loaded.base)  # training moved it off the base prompt
 
+    example = task.test[0]
+    assert loaded.condition(task.spec, [example])[0].position is SoftPosition.INPUT
+    # saved before the option existed: trained before everything, so loaded there
+    plugin_json = tmp_path / "g" / "best" / "plugin.json"
+    saved = json.loads(plugin_json.read_text())
+    del saved["plugin_config"]["position"]
+    plugin_json.write_text(json.dumps(saved))
+    legacy, _ = load_plugin(tmp_path / "g", tiny)
+    assert legacy.condition(task.spec, [example])[0].position is SoftPosition.START
+
     other = Backbone.tiny(TinyConfig(seed=1))  # same shapes, other weights
     with pytest.raises(CheckpointError, match="pass --allow-other-backbone"):
         load_plugin(tmp_path / "g", other)
@@ -136,8 +147,8 @@ def test_on_the_embedded_model_an_untrained_generator_scores_as_the_shared_promp
     specs = [t.spec for t in tasks]
     generator = PromptGenerator.from_config(PromptGeneratorConfig(), embedded, specs, seed=0)
     assert generator.num_trainable() / embedded.num_parameters <= 0.01
-    # at start: where the generator puts the prompts it writes
-    shared_config = SoftPromptConfig(shared=True, position=SoftPosition.START)
+    # right before the input: where both put their prompts by default
+    shared_config = SoftPromptConfig(shared=True)
     shared = SoftPromptSet.from_config(shared_config, embedded, specs, 0)
     config = EvalConfig(limit=6)
     for task in tasks:

@@ -10,6 +10,7 @@ from frozenlm.engine.generation import GenerationConfig, generate
 from frozenlm.engine.scoring import ScoreRequest, score_batch
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.checkpoint import save_checkpoint
+from frozenlm.plugins.protocol import SoftPosition
 from frozenlm.plugins.registry import load_plugin
 from frozenlm.plugins.soft_prompt import (
     PromptInit,
@@ -119,12 +120,14 @@ def test_a_shared_prompt_serves_every_task_and_starts_from_all_their_labels(
     assert from_json(SoftPromptConfig, to_json(config)).shared
 
 
-def _save_soft_prompt(folder: Path, backbone: Backbone, prompt: torch.Tensor) -> Path:
+def _save_soft_prompt(
+    folder: Path, backbone: Backbone, prompt: torch.Tensor, config: dict | None = None
+) -> Path:
     """A checkpoint whose JSON matches its tensor, as a hand edit that also fixed the JSON
     (its tensor list and sha256 are recomputed by save_checkpoint) would leave it."""
     meta = {
         "kind": "soft-prompt",
-        "plugin_config": to_json(SoftPromptConfig()),  # length 20
+        "plugin_config": to_json(SoftPromptConfig()) if config is None else config,  # length 20
         "backbone": {
             "name": backbone.name,
             "fingerprint": backbone.fingerprint,
@@ -161,3 +164,16 @@ def test_a_prompt_matching_config_and_backbone_loads(tiny: Backbone, tmp_path: P
     plugin, _ = load_plugin(_save_soft_prompt(tmp_path / "ckpt", tiny, prompt), tiny)
     assert isinstance(plugin, SoftPromptSet)
     torch.testing.assert_close(plugin.prompt("sentiment").detach().cpu(), prompt, rtol=0, atol=0)
+
+
+def test_a_prompt_saved_before_positions_existed_loads_where_it_was_trained(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    prompt = torch.randn(20, 64, generator=torch.Generator().manual_seed(0))
+    legacy = {k: v for k, v in to_json(SoftPromptConfig()).items() if k != "position"}
+    old, _ = load_plugin(_save_soft_prompt(tmp_path / "old", tiny, prompt, legacy), tiny)
+    new, _ = load_plugin(_save_soft_prompt(tmp_path / "new", tiny, prompt), tiny)
+    task = load_task("sentiment")
+    assert isinstance(old, SoftPromptSet) and isinstance(new, SoftPromptSet)
+    assert old.condition(task.spec, [task.test[0]])[0].position is SoftPosition.START
+    assert new.condition(task.spec, [task.test[0]])[0].position is SoftPosition.INPUT

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--position",
         choices=[p.value for p in SoftPosition],
         default=SoftPromptConfig.position.value,
-        help="soft-prompt: where the prompt sits (start: before everything; after-first: after "
+        help="soft-prompt and id-pt: where the prompt sits (start: before everything; after-first: after "
         "the template's first token; input: right before the input)",
     )
     parser.add_argument(
@@ -199,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
                 encoder=args.encoder,
                 width=args.generator_width,
                 layers=args.generator_layers,
+                position=args.position,
             )
         )
     elif args.method == "prefix":

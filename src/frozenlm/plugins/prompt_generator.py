@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 from frozenlm.backbone import Backbone
 from frozenlm.devices import seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError
-from frozenlm.plugins.protocol import Conditioning, count_trainable
+from frozenlm.plugins.protocol import Conditioning, SoftPosition, count_trainable
 from frozenlm.plugins.soft_prompt import SoftPromptConfig, initial_prompt
 from frozenlm.tasks import Example, TaskSpec
 
@@ -66,9 +66,14 @@ class PromptGeneratorConfig:
     """The network's learning rate as a fraction of the base prompt's: the base prompt learns at
     Lester's soft-prompt rate (Adafactor 0.3), the network at 0.3 / 300 = 1e-3, a usual rate
     for a small transformer."""
+    position: SoftPosition = SoftPosition.INPUT
+    """Where the written prompt sits in each row (see `SoftPosition`), as for the soft prompt:
+    right before the input by measurement (docs/results/quality/recipe.md). Checkpoints saved
+    before the option existed were trained before everything and load at `start`."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder", EncoderKind(self.encoder))
+        object.__setattr__(self, "position", SoftPosition(self.position))
         for name in ("length", "width", "layers", "heads", "ffn", "max_input_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"prompt generator {name} must be at least 1")
@@ -259,8 +264,9 @@ class PromptGenerator(nn.Module):
         return list(self([generator_text(task, ex) for ex in examples]).unbind(0))
 
     def condition(self, task: TaskSpec, examples: Sequence[Example]) -> list[Conditioning]:
-        """Each example's written prompt, before everything."""
-        return [Conditioning(soft=tokens) for tokens in self.soft_tokens(task, examples)]
+        """Each example's written prompt, at `config.position`."""
+        position = self.config.position
+        return [Conditioning(tokens, position=position) for tokens in self.soft_tokens(task, examples)]
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer groups: the base prompt at `lr`, the network at `lr * network_lr_scale`."""

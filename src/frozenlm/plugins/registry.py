@@ -59,8 +59,9 @@ def _build_generator(
 
 
 def _restore_generator(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
-    meta = checkpoint.meta["plugin_config"]
-    config = from_json(PromptGeneratorConfig, meta, "prompt generator config")
+    # checkpoints saved before `position` existed (then: start) were trained there
+    saved = {"position": SoftPosition.START.value, **checkpoint.meta["plugin_config"]}
+    config = from_json(PromptGeneratorConfig, saved, "prompt generator config")
     return PromptGenerator.from_tensors(checkpoint.tensors, config, backbone)
 
 
