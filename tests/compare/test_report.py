@@ -177,15 +177,26 @@ def test_macro_f1_is_beside_accuracy_and_results_at_the_majority_class_are_marke
     ]
     assert majority_notes(cells) == [
         "- † soft-prompt on t ends at the majority class: accuracy 0.700 vs 0.700 "
-        "(every prediction 'pos'; macro-F1 0.412 vs 0.412).",
+        "(every prediction 'pos'; macro-F1 0.412 vs 0.412): it learnt no more than the label "
+        "prior.",
         "- † lora on t is at or below the majority class: accuracy 0.600 vs 0.700 "
-        "(80% of predictions 'neg'; macro-F1 0.550 vs 0.412).",
+        "(80% of predictions 'neg'; macro-F1 0.550 vs 0.412): it predicts 'pos' for 20% of "
+        "inputs where the test split has 70%: it trades majority-class accuracy for the other "
+        "classes (class-balanced training), and its macro-F1 is above the majority class's.",
     ]
     assert curve_table(cells)[2] == "| t | soft-prompt | 0.700 / 0.412 |"
     summary = report_summary(cells, _config(), 60.0).splitlines()
     table_end = summary.index("| *majority class* | 0.700 | 0.412 |")
     assert summary[table_end + 2] == "†: at or below the majority class's accuracy."
     assert summary[table_end + 4].startswith("- † soft-prompt on t ends at the majority class")
+
+
+def test_a_result_mostly_predicting_the_majority_label_is_called_close_to_the_prior() -> None:
+    cell = _classified(_cell("peft-prompt", 0.69), 0.45, {"pos": 90, "neg": 10})
+    assert majority_notes([cell])[0].endswith(
+        "(90% of predictions 'pos'; macro-F1 0.450 vs 0.412): it predicts 'pos' for 90% of "
+        "inputs (the test split: 70%): little more than the label prior."
+    )
 
 
 def test_the_calibration_of_prompt_design_and_its_warnings_are_reported() -> None:
@@ -198,7 +209,9 @@ def test_the_calibration_of_prompt_design_and_its_warnings_are_reported() -> Non
     other["warnings"] = []
     assert majority_notes([cell, other]) == [
         "- † zero-shot on t is at or below the majority class: accuracy 0.417 vs 0.700 "
-        "(75% of predictions 'neg'; macro-F1 0.410 vs 0.412).",
+        "(75% of predictions 'neg'; macro-F1 0.410 vs 0.412): it predicts 'pos' for 25% of "
+        "inputs where the test split has 70%, and its macro-F1 is not above the majority "
+        "class's either.",
         "- zero-shot on t: calibration chosen on 200 dev examples: uniform (dev macro-F1 none "
         "0.470, uniform 0.520, prior 0.500).",
         "- Warning: t zero-shot-calibrated (dev chose uniform): accuracy 0.417 is ...",

@@ -31,6 +31,35 @@ def _why(test: dict[str, Any]) -> str:
     return f"{count / total:.0%} of predictions '{top}'"
 
 
+def _cause(test: dict[str, Any]) -> str:
+    """Why a result at or below the majority class is there, from its predictions against the
+    test split's majority share ("" when not recorded)."""
+    counts: dict[str, int] = test.get("predicted") or {}
+    label = test.get("majority_label")
+    if not counts or label is None:
+        return ""
+    total = sum(counts.values())
+    share = counts.get(label, 0) / total
+    if share == 1:
+        return "it learnt no more than the label prior"
+    f1, floor = test.get("macro_f1", {}).get("value"), test.get("majority_macro_f1")
+    if share < test["majority"] and f1 is not None and floor is not None and f1 > floor:
+        return (
+            f"it predicts '{label}' for {share:.0%} of inputs where the test split has "
+            f"{test['majority']:.0%}: it trades majority-class accuracy for the other classes "
+            "(class-balanced training), and its macro-F1 is above the majority class's"
+        )
+    if share < test["majority"]:
+        return (
+            f"it predicts '{label}' for {share:.0%} of inputs where the test split has "
+            f"{test['majority']:.0%}, and its macro-F1 is not above the majority class's either"
+        )
+    return (
+        f"it predicts '{label}' for {share:.0%} of inputs (the test split: "
+        f"{test['majority']:.0%}): little more than the label prior"
+    )
+
+
 def majority_notes(heads: Sequence[dict[str, Any]]) -> list[str]:
     """For headline cells: one line per result at or below the majority class, saying why from
     its predictions, then what calibration each prompt-design result used and its warnings."""
@@ -46,10 +75,12 @@ def majority_notes(heads: Sequence[dict[str, Any]]) -> list[str]:
             details.append(
                 f"macro-F1 {test['macro_f1']['value']:.3f} vs {test['majority_macro_f1']:.3f}"
             )
+        cause = _cause(test)
         lines.append(
             f"- {AT_MAJORITY} {cell['method']} on {cell['task']} {ends} the majority class: "
             f"accuracy {test['value']:.3f} vs {test['majority']:.3f}"
             + (f" ({'; '.join(details)})" if details else "")
+            + (f": {cause}" if cause else "")
             + "."
         )
     for cell in heads:
