@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--position",
         choices=[p.value for p in SoftPosition],
         default=SoftPromptConfig.position.value,
-        help="soft-prompt and id-pt: where the prompt sits (start: before everything; after-first: after "
-        "the template's first token; input: right before the input)",
+        help="soft-prompt and id-pt: where the prompt sits (start: before everything; "
+        "after-first: after the template's first token; input: right before the input)",
     )
     parser.add_argument(
         "--residual",

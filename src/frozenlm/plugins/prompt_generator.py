@@ -266,7 +266,9 @@ class PromptGenerator(nn.Module):
     def condition(self, task: TaskSpec, examples: Sequence[Example]) -> list[Conditioning]:
         """Each example's written prompt, at `config.position`."""
         position = self.config.position
-        return [Conditioning(tokens, position=position) for tokens in self.soft_tokens(task, examples)]
+        return [
+            Conditioning(tokens, position=position) for tokens in self.soft_tokens(task, examples)
+        ]
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer groups: the base prompt at `lr`, the network at `lr * network_lr_scale`."""
