@@ -382,6 +382,12 @@ class Backbone:
         return self._embeddings.weight.device
 
     @property
+    def takes_block_mask(self) -> bool:
+        """Whether `forward` takes a 4D boolean attention mask (`splice.pack_after`): its
+        attention is PyTorch's SDPA, which reads it as is, or eager, which gets it additive."""
+        return self.model.config._attn_implementation in ("sdpa", "eager")
+
+    @property
     def num_parameters(self) -> int:
         """Distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in self.model.parameters())
@@ -404,13 +410,16 @@ class Backbone:
     ) -> torch.Tensor:
         """Final hidden states [B, T, D] for `inputs_embeds` [B, T, D].
 
-        `attention_mask` [B, past + T] covers cached and new positions (0 = padding);
+        `attention_mask` [B, past + T] covers cached and new positions (0 = padding), or is a
+        4D block mask [B, 1, T, past + T] (`splice.pack_after`; see `takes_block_mask`);
         `position_ids` [B, T] are explicit so left padding and soft tokens stay correct.
         `cache`, when given, is read and extended in place. A packed batch (`splice.pack`:
         mask None, no cache, position ids restarting at 0 per row) attends within each row only.
         """
         if attention_mask is None and cache is not None:
             raise ValueError("a packed batch (no attention mask) cannot use a KV cache")
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = self._block_mask(attention_mask)
         out = self._decoder(
             inputs_embeds=inputs_embeds.to(device=self.device, dtype=self.dtype),
             attention_mask=None if attention_mask is None else attention_mask.to(self.device),
@@ -419,6 +428,18 @@ class Backbone:
             use_cache=cache is not None,
         )
         return out.last_hidden_state
+
+    def _block_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A 4D boolean mask [B, 1, T, past + T] (True: may attend) as this model's attention
+        reads it: as is for SDPA, additive (0 or the dtype's minimum) for eager attention."""
+        if not self.takes_block_mask:
+            raise ValueError(
+                f"attention '{self.model.config._attn_implementation}' takes no 4D block mask"
+            )
+        if self.model.config._attn_implementation == "sdpa":
+            return mask
+        blocked = torch.full(mask.shape, torch.finfo(self.dtype).min, dtype=self.dtype)
+        return blocked.to(mask.device).masked_fill(mask, 0.0)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (fp32) for hidden states [..., D] -> [..., V]. Call it only on the

@@ -1,10 +1,12 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from frozenlm.backbone import Backbone
-from frozenlm.engine.batching import Row
+from frozenlm.engine.batching import Row, lay_out
 from frozenlm.engine.loss import batch_loss, target_loss
-from frozenlm.engine.splice import pack, splice
+from frozenlm.engine.prefix_cache import PrefixCache
+from frozenlm.engine.splice import pack, pack_after, splice
 
 SHARED_TEXT = "You are a careful classifier. Answer with yes or no.\n\n"
 INPUTS = ["Is the sky blue?", "Do fish fly over mountains at night?", "Two plus two?"]
@@ -65,3 +67,58 @@ def test_the_loss_is_the_same_shared_packed_or_padded(tiny: Backbone) -> None:
     torch.testing.assert_close(packed, reference, atol=1e-5, rtol=0)
     (grad,) = torch.autograd.grad(shared, prompt)
     assert grad.abs().sum() > 0  # the loss reaches the prompt through its shared keys and values
+
+
+def _padded_after_prefix_loss(backbone: Backbone, rows: list[Row], targets: list[list[int]]):
+    """The reference: the rows' own parts left-padded after their shared prefix."""
+    layout = lay_out(backbone, rows, min_text=1, grad=True)
+    assert layout.shared is not None
+    batch = layout.shared.after(splice(backbone, layout.pieces, targets))
+    cache = layout.shared.expand(backbone, len(rows))
+    hidden = backbone.forward(batch.embeds, batch.attention_mask, batch.position_ids, cache)
+    assert batch.labels is not None
+    return target_loss(backbone, hidden, batch.labels)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("conditioning", ["soft", "kv"])
+def test_rows_packed_after_a_shared_prefix_match_a_padded_batch(
+    attention: str, conditioning: str
+) -> None:
+    backbone = Backbone.tiny()
+    backbone.model.set_attn_implementation(attention)
+    assert backbone.takes_block_mask
+    weights = torch.randn(4, backbone.hidden_size, generator=torch.Generator().manual_seed(4))
+    weights.requires_grad_(True)
+
+    def rows() -> list[Row]:
+        if conditioning == "soft":  # the prompt, then shared text, then rows of 3 lengths
+            return _rows(backbone, weights)
+        # a key/value prefix computed from the weights: a deep prompt's kind of conditioning
+        kv = PrefixCache.compute(backbone, [weights], grad=True)
+        return [Row(r.ids, None, kv) for r in _rows(backbone, weights)]
+
+    targets = [[11], [12, 13], [14]]
+    packed = batch_loss(backbone, rows(), targets)
+    (grad_packed,) = torch.autograd.grad(packed, weights)
+    padded = _padded_after_prefix_loss(backbone, rows(), targets)
+    (grad_padded,) = torch.autograd.grad(padded, weights)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grad_packed, grad_padded, atol=1e-5, rtol=1e-4)
+    assert grad_packed.abs().sum() > 0
+
+
+def test_a_packed_row_sees_the_prefix_and_itself_only(tiny: Backbone) -> None:
+    prefix = torch.tensor([[1, 1, 0]])  # the prefix's last column is padding
+    packed = pack_after(tiny, [[[5, 6]], [[7]]], [[8], [9, 10]], prefix)
+    mask = packed.attention_mask[0, 0].long().tolist()
+    assert mask == [
+        [1, 1, 0, 1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 1, 1, 0, 0, 0, 0],
+        [1, 1, 0, 1, 1, 1, 0, 0, 0],  # row 1 ends with its target 8
+        [1, 1, 0, 0, 0, 0, 1, 0, 0],  # row 2 starts: the prefix and itself
+        [1, 1, 0, 0, 0, 0, 1, 1, 0],
+        [1, 1, 0, 0, 0, 0, 1, 1, 1],
+    ]
+    assert packed.position_ids.tolist() == [[2, 3, 4, 2, 3, 4]]  # after 2 real prefix columns
+    assert packed.labels.tolist() == [[-100, -100, 8, -100, 9, 10]]

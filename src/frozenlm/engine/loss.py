@@ -3,8 +3,10 @@
 Rows are laid out as for scoring (`batching.lay_out`): when every row continues after the same
 conditioning (one task's soft prompt, a fine-tuned copy's empty one, a shared key/value prefix),
 that and the text all rows share are run once, with gradients flowing back through their keys
-and values, and only each row's own tokens are computed per row. Otherwise the rows are packed
-end to end without padding. Either way the loss equals that of the plain padded batch.
+and values, and each row's own tokens follow it end to end in one sequence with a block mask
+(`splice.pack_after`; left-padded when the backbone's attention takes no such mask, or when
+rows carry key/value prefixes of their own). Otherwise the rows are packed end to end without
+padding. Either way the loss equals that of the plain padded batch.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 
 from frozenlm.backbone import Backbone
 from frozenlm.engine.batching import Row, lay_out
-from frozenlm.engine.splice import IGNORE_INDEX, Piece, pack, splice
+from frozenlm.engine.splice import IGNORE_INDEX, Piece, pack, pack_after, splice
 
 
 def target_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,6 +39,12 @@ def batch_loss(
     """Mean target-token loss of `rows`, each followed by its `targets` ids, computed cheaply."""
     if len(rows) > 1:
         layout = lay_out(backbone, rows, min_text=1, grad=True)
+        if layout.shared is not None and backbone.takes_block_mask:
+            shared = layout.shared
+            after = pack_after(backbone, layout.pieces, targets, shared.real_mask())
+            cache = shared.expand(backbone, 1)
+            hidden = backbone.forward(after.embeds, after.attention_mask, after.position_ids, cache)
+            return target_loss(backbone, hidden, after.labels)
         if layout.shared is not None or layout.kv is not None:
             batch = splice(backbone, layout.pieces, targets)
             prefix = layout.prefix_for(range(len(rows)))

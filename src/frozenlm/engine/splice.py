@@ -7,7 +7,9 @@ Rows are left-padded (the last real token of every row is at the last column), w
 batched scoring and generation need; position ids count real tokens only.
 
 Training needs no left padding: `pack` lays rows end to end in bins whose position ids restart at
-0 for each row, which the backbone reads as independent sequences, so short rows share a bin.
+0 for each row, which the backbone reads as independent sequences, so short rows share a bin;
+`pack_after` lays rows that all continue after one cached prefix end to end in one sequence,
+with a block mask that lets each row see the prefix and itself only.
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ class Packed:
     position_ids: torch.Tensor  # [N_bins, C], restarting at 0 for each row
     lengths: torch.Tensor  # [B], positions per row
     labels: torch.Tensor  # [N_bins, C], target token at t, IGNORE_INDEX elsewhere
+
+
+@dataclass
+class PackedAfter:
+    """Rows end to end in one sequence after a shared prefix, for `Backbone.forward` with the
+    prefix's KV cache."""
+
+    embeds: torch.Tensor  # [1, N, D], N = every row's positions
+    attention_mask: torch.Tensor  # [1, 1, N, P + N] bool: the prefix's real columns and the row
+    position_ids: torch.Tensor  # [1, N], each row counting on from the prefix's real length
+    labels: torch.Tensor  # [1, N], target token at t, IGNORE_INDEX elsewhere
 
 
 def _ids(ids: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -170,6 +183,43 @@ def pack(
         position_ids[b, start:] = torch.arange(capacity - start, device=device)  # dummy tail
     lengths_t = torch.tensor(lengths, dtype=torch.long, device=device)
     return Packed(embeds, position_ids, lengths_t, labels)
+
+
+def pack_after(
+    backbone: Backbone,
+    rows: Sequence[Sequence[Piece]],
+    targets: Sequence[Sequence[int]],
+    prefix_mask: torch.Tensor,
+) -> PackedAfter:
+    """The rows, each followed by its target ids, end to end after one prefix whose columns
+    `prefix_mask` [1, P] marks real (1) or not (0).
+
+    Each row's positions attend to the prefix's real columns and causally to its own positions,
+    never to another row's, and count on from the prefix's real length: the same attention as a
+    padded batch after the prefix (`PrefixCache.after`), with no padding to compute (a padded
+    batch of rows of random length computes about a third more positions than it needs).
+    """
+    embedded = _embed_rows(backbone, rows, targets)
+    lengths = [int(e.shape[0]) for e in embedded]
+    if any(length == 0 for length in lengths):
+        raise ValueError("every packed row needs at least one position")
+    device = backbone.device
+    total, past = sum(lengths), int(prefix_mask.shape[1])
+    real = int(prefix_mask.sum())
+    mask = torch.zeros(1, 1, total, past + total, dtype=torch.bool, device=device)
+    mask[0, 0, :, :past] = prefix_mask[0].to(device=device, dtype=torch.bool)
+    position_ids = torch.empty(1, total, dtype=torch.long, device=device)
+    labels = torch.full((1, total), IGNORE_INDEX, dtype=torch.long, device=device)
+    start = 0
+    for length, target in zip(lengths, targets, strict=True):
+        end = start + length
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        mask[0, 0, start:end, past + start : past + end] = causal
+        position_ids[0, start:end] = torch.arange(real, real + length, device=device)
+        if target:
+            labels[0, end - len(target) : end] = _ids(target, device)
+        start = end
+    return PackedAfter(torch.cat(embedded).unsqueeze(0), mask, position_ids, labels)
 
 
 def splice_continuation(
