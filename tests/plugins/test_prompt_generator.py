@@ -101,7 +101,8 @@ def test_bad_configs_are_refused() -> None:
 def test_checkpoint_round_trip_and_wrong_shapes(tiny: Backbone, tmp_path: Path) -> None:
     config = TrainConfig(steps=2, batch_size=4, eval_every=2, eval_limit=4, lr=1e-2, task_cap=16,
                          optimizer="adamw")  # fmt: skip
-    train_plugin(tiny, ["sentiment", "trec"], "id-pt", to_json(SMALL), config, tmp_path / "g")
+    at_input = to_json(PromptGeneratorConfig(**{**to_json(SMALL), "position": "input"}))
+    train_plugin(tiny, ["sentiment", "trec"], "id-pt", at_input, config, tmp_path / "g")
     loaded, checkpoint = load_plugin(tmp_path / "g", tiny)
     assert isinstance(loaded, PromptGenerator) and checkpoint.meta["kind"] == "id-pt"
     task = load_task("topic")  # a task it never saw: it reads the instruction
@@ -147,8 +148,8 @@ def test_on_the_embedded_model_an_untrained_generator_scores_as_the_shared_promp
     specs = [t.spec for t in tasks]
     generator = PromptGenerator.from_config(PromptGeneratorConfig(), embedded, specs, seed=0)
     assert generator.num_trainable() / embedded.num_parameters <= 0.01
-    # right before the input: where both put their prompts by default
-    shared_config = SoftPromptConfig(shared=True)
+    # at start: where the generator puts the prompts it writes by default
+    shared_config = SoftPromptConfig(shared=True, position=SoftPosition.START)
     shared = SoftPromptSet.from_config(shared_config, embedded, specs, 0)
     config = EvalConfig(limit=6)
     for task in tasks:

@@ -44,9 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--position",
         choices=[p.value for p in SoftPosition],
-        default=SoftPromptConfig.position.value,
         help="soft-prompt and id-pt: where the prompt sits (start: before everything; "
-        "after-first: after the template's first token; input: right before the input)",
+        "after-first: after the template's first token; input: right before the input; "
+        f"default: {SoftPromptConfig.position.value} for soft-prompt, "
+        f"{PromptGeneratorConfig.position.value} for id-pt, by measurement)",
     )
     parser.add_argument(
         "--residual",
@@ -105,8 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lr",
         type=float,
-        help="learning rate (default: the method's recipe; soft-prompt: Lester's 0.3 with "
-        "Adafactor); id-pt: its base prompt's, the network's is 1/300 of it",
+        help="learning rate (default: the method's recipe; soft-prompt and prefix: 1e-2 with "
+        "AdamW; id-pt: Lester's 0.3 with Adafactor for its base prompt, the network's is 1/300 "
+        "of it)",
     )
     parser.add_argument("--weight-decay", type=float, help="default: the method's recipe")
     parser.add_argument(
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
                 encoder=args.encoder,
                 width=args.generator_width,
                 layers=args.generator_layers,
-                position=args.position,
+                position=args.position or PromptGeneratorConfig.position,
             )
         )
     elif args.method == "prefix":
@@ -216,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                 length=args.prompt_length or SoftPromptConfig.length,
                 init=args.init,
                 shared=args.shared_prompt,
-                position=args.position,
+                position=args.position or SoftPromptConfig.position,
                 residual=args.residual,
             )
         )

@@ -66,10 +66,12 @@ class PromptGeneratorConfig:
     """The network's learning rate as a fraction of the base prompt's: the base prompt learns at
     Lester's soft-prompt rate (Adafactor 0.3), the network at 0.3 / 300 = 1e-3, a usual rate
     for a small transformer."""
-    position: SoftPosition = SoftPosition.INPUT
-    """Where the written prompt sits in each row (see `SoftPosition`), as for the soft prompt:
-    right before the input by measurement (docs/results/quality/recipe.md). Checkpoints saved
-    before the option existed were trained before everything and load at `start`."""
+    position: SoftPosition = SoftPosition.START
+    """Where the written prompt sits in each row (see `SoftPosition`). Before everything by
+    measurement, unlike the soft prompt (docs/results/quality/recipe.md): in the quick budget
+    on sentiment at 128 rows, test accuracy 0.700 / 0.525 / 0.688 over seeds 0-2 at `start`
+    against 0.287 / 0.500 / 0.725 right before the input. Checkpoints saved before the option
+    existed were trained before everything and load there."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder", EncoderKind(self.encoder))
