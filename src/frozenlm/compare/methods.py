@@ -200,8 +200,8 @@ def _train_config(budget: Budget, seed: int) -> TrainConfig:
 
 class TrainedPlugin:
     """A plug-in method of the registry trained on the task with the one loop and its kind's
-    recipe (`registry.recipe`: Lester's Adafactor 0.3 for soft prompts, an ID-PT generator's
-    network at 1/300 of it; AdamW for deep prompts), `train` overriding it."""
+    recipe (`registry.recipe`: AdamW 1e-2 for soft and deep prompts; Lester's Adafactor 0.3 for
+    an ID-PT generator's base prompt and 1/300 of it for its network), `train` overriding it."""
 
     trains = True
 
@@ -452,7 +452,7 @@ class SuperICLMethod(_SmallModelMethod):
 METHODS: dict[str, Method] = {
     "zero-shot": ZeroShot(),
     "few-shot": FewShot(),
-    # Lester et al. 2021: class-label init, Adafactor lr 0.3.
+    # Lester et al. 2021's prompt (class-label init) right before the input, AdamW lr 1e-2.
     "soft-prompt": TrainedPlugin("soft-prompt", to_json(SoftPromptConfig())),
     # PEFT's PromptTuning as in its examples: random init, AdamW lr 3e-2.
     "peft-prompt": PeftReference("peft-prompt", "soft-prompt", PeftPromptConfig, train_peft_prompt),

@@ -5,7 +5,8 @@ learning rate of 0.3, no parameter scaling, no relative step, weight decay 1e-5,
 on the dev metric. Rows of a batch may belong to different tasks (mixed-task batches); the data
 order is a pure function of (seed, step), so a run resumed from its last checkpoint finishes
 exactly like an uninterrupted one. Each plug-in kind may bring its own recipe
-(`frozenlm.plugins.registry.recipe`).
+(`frozenlm.plugins.registry.recipe`: soft and deep prompts train with AdamW at 1e-2, by
+measurement).
 
 The loop guards against collapse: gradients are clipped, the learning rate may warm up, and a
 run that diverges (its dev metric falls below calibrated zero-shot prompting or to the majority
