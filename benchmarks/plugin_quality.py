@@ -89,7 +89,7 @@ def run_cell(
     predicted = [p["predicted"] for p in report.predictions]
     majority = majority_label([ex.label for ex in task.train])
     return {
-        "task": task_name,
+        "task": task.name,
         "method": spec,
         "size": size,
         "seed": seed,
@@ -388,21 +388,22 @@ def main() -> None:
         "budget": to_json(budget),
         "cells": [],
     }
+    names = {ref: load_task(ref, seed=0).name for ref in args.tasks.split(",")}  # or a file
     plan = [
         (task, spec, size, seed)
-        for task in args.tasks.split(",")
+        for task in names
         for size in sizes
         for spec in methods + (["full-ft"] if size in full_ft else [])
         for seed in seeds
     ]
     for i, (task, spec, size, seed) in enumerate(plan):
         safe = spec.replace(":", "__").replace(",", "_").replace("=", "-")
-        path = cells_dir / task / f"{safe}__{size}__seed{seed}.json"
+        path = cells_dir / names[task] / f"{safe}__{size}__seed{seed}.json"
         if path.is_file():
             cell = json.loads(path.read_text())
         else:
-            print(f"[{i + 1}/{len(plan)}] {task} {spec} size {size} seed {seed}", flush=True)
-            work = cells_dir / "work" / task / f"{safe}__{size}__seed{seed}"
+            print(f"[{i + 1}/{len(plan)}] {names[task]} {spec} size {size} seed {seed}", flush=True)
+            work = cells_dir / "work" / names[task] / f"{safe}__{size}__seed{seed}"
             cell = run_cell(backbone, task, spec, size, seed, budget, work)
             atomic_write_json(path, cell)
             acc, majority = cell["accuracy"]["value"], cell["majority"]["value"]
