@@ -79,7 +79,8 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     # the optimizer's settings and the prompt length come from each method's recipe and config
     assert (train.optimizer, train.lr, train.weight_decay, train.warmup) == (None,) * 4
     assert train.prompt_length is None and train.init == prompt.init.value
-    assert (train.position, train.residual) == (prompt.position.value, prompt.residual)
+    # no position given: each method's config default (soft prompt input, ID-PT start)
+    assert (train.position, train.residual) == (None, prompt.residual)
     generator = PromptGeneratorConfig()
     assert (train.generator_width, train.generator_layers) == (generator.width, generator.layers)
     assert train.encoder == generator.encoder.value

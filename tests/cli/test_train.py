@@ -19,6 +19,7 @@ def test_id_pt_trains_on_several_tasks_and_reads_a_task_it_never_saw(
     assert main([*argv, *SHORT, "--generator-width", "32"]) == 0
     meta = json.loads((out / "best" / "plugin.json").read_text())
     assert meta["kind"] == "id-pt" and meta["plugin_config"]["width"] == 32
+    assert meta["plugin_config"]["position"] == "start"  # the generator's default, not input
     assert meta["train_config"]["task_cap"] == 40
     assert "best dev" in capsys.readouterr().out
 
@@ -35,6 +36,8 @@ def test_a_shared_soft_prompt_is_one_prompt_for_every_task(tmp_path: Path) -> No
     assert main([*argv, *SHORT]) == 0
     meta = json.loads((out / "best" / "plugin.json").read_text())
     assert list(meta["tensors"]) == ["prompt.*"] and meta["plugin_config"]["shared"]
+    assert meta["plugin_config"]["position"] == "input"  # the soft prompt's default
+    assert meta["train_config"]["optimizer"] == "adamw"  # its recipe
     report = tmp_path / "both.json"
     eval_argv = ["eval", "--plugin", str(out), "--backbone", "tiny", "--limit", "4"]
     assert main([*eval_argv, "--out", str(report)]) == 0
