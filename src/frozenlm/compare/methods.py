@@ -139,12 +139,10 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def _prompt_design(task: Task, config: EvalConfig, budget: Budget) -> tuple[EvalConfig, int]:
+def _prompt_design(task: Task, config: EvalConfig) -> tuple[EvalConfig, int]:
     """`config` calibrated for a classification task as `EvalConfig.calibration` says by
-    default (the measured choice: per task on dev, on the budget's dev examples, as many as a
-    trained method is steered by), and the labelled dev examples that uses; uniform on a task
-    without a dev split."""
-    config = replace(config, dev_limit=budget.dev_limit)
+    default (the measured choice: per task on dev), and the labelled dev examples that uses;
+    uniform on a task without a dev split."""
     if task.spec.kind != "classification":
         return config, 0
     if config.calibration != "dev":
@@ -162,7 +160,7 @@ class ZeroShot:
         return None
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
-        config, dev = _prompt_design(task, EvalConfig(method="zero-shot", seed=seed), budget)
+        config, dev = _prompt_design(task, EvalConfig(method="zero-shot", seed=seed))
         return Fitted(backbone, config, labelled_dev=dev, stored_bytes=_prompt_bytes(task))
 
 
@@ -175,9 +173,7 @@ class FewShot:
 
     def fit(self, backbone: Backbone, task: Task, budget: Budget, seed: int, work: Path) -> Fitted:
         shots = min(budget.shots, len(task.train))
-        config, dev = _prompt_design(
-            task, EvalConfig(method="few-shot", shots=shots, seed=seed), budget
-        )
+        config, dev = _prompt_design(task, EvalConfig(method="few-shot", shots=shots, seed=seed))
         return Fitted(
             backbone,
             config,
