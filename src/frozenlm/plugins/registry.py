@@ -39,10 +39,14 @@ def _build_soft_prompt(
     return SoftPromptSet.from_config(prompt_config, backbone, specs, seed)
 
 
+def _prompt_config(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A soft prompt's or a generator's saved config; those saved before `position` existed
+    were trained before everything and get position start."""
+    return {"position": SoftPosition.START.value, **checkpoint.meta["plugin_config"]}
+
+
 def _restore_soft_prompt(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
-    # checkpoints saved before `position` existed (default then: start) were trained there
-    saved = {"position": SoftPosition.START.value, **checkpoint.meta["plugin_config"]}
-    config = from_json(SoftPromptConfig, saved, "soft prompt config")
+    config = from_json(SoftPromptConfig, _prompt_config(checkpoint), "soft prompt config")
     return SoftPromptSet.from_tensors(
         checkpoint.tensors,
         config,
@@ -59,9 +63,7 @@ def _build_generator(
 
 
 def _restore_generator(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
-    # checkpoints saved before `position` existed (then: start) were trained there
-    saved = {"position": SoftPosition.START.value, **checkpoint.meta["plugin_config"]}
-    config = from_json(PromptGeneratorConfig, saved, "prompt generator config")
+    config = from_json(PromptGeneratorConfig, _prompt_config(checkpoint), "prompt generator config")
     return PromptGenerator.from_tensors(checkpoint.tensors, config, backbone)
 
 
