@@ -438,8 +438,10 @@ class Backbone:
             )
         if self.model.config._attn_implementation == "sdpa":
             return mask
-        blocked = torch.full(mask.shape, torch.finfo(self.dtype).min, dtype=self.dtype)
-        return blocked.to(mask.device).masked_fill(mask, 0.0)
+        blocked = torch.full(
+            mask.shape, torch.finfo(self.dtype).min, dtype=self.dtype, device=mask.device
+        )
+        return blocked.masked_fill(mask, 0.0)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (fp32) for hidden states [..., D] -> [..., V]. Call it only on the
