@@ -15,6 +15,7 @@ import pytest
 from hypothesis import settings
 
 from frozenlm.backbone import Backbone, load_tokenizer
+from frozenlm.qa.data import QATask, load_qa_files
 
 # Property tests: a fixed seed in CI (the same examples every run), fresh ones on a laptop.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -103,3 +104,106 @@ def openai_server(tiny: Backbone) -> Iterator[LocalServer]:
     yield LocalServer(f"http://127.0.0.1:{port}/v1", seen)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# -- a toy QA task: 24 questions about made-up facts over 24 passages and 12 distractors --
+
+CITIES = [
+    "Avalon",
+    "Brindle",
+    "Corvo",
+    "Dunmore",
+    "Elspeth",
+    "Farrow",
+    "Galen",
+    "Hollin",
+    "Ivel",
+    "Jarrow",
+    "Kestrel",
+    "Lorne",
+    "Marrow",
+    "Nettle",
+    "Orrin",
+    "Pell",
+    "Quarry",
+    "Rook",
+    "Sable",
+    "Thorne",
+    "Umber",
+    "Vale",
+    "Wren",
+    "Yarrow",
+]
+RIVERS = [
+    "Amber",
+    "Birch",
+    "Cinder",
+    "Dove",
+    "Ember",
+    "Fennel",
+    "Garnet",
+    "Heron",
+    "Indigo",
+    "Juniper",
+    "Kale",
+    "Linden",
+    "Moss",
+    "Nectar",
+    "Opal",
+    "Poppy",
+    "Quill",
+    "Rowan",
+    "Saffron",
+    "Tansy",
+    "Umbra",
+    "Violet",
+    "Willow",
+    "Yew",
+]
+
+
+def write_toy_qa(folder: Path) -> tuple[Path, Path]:
+    """(questions.jsonl, passages.jsonl) of the toy task."""
+    folder.mkdir(parents=True, exist_ok=True)
+    passages = []
+    questions = []
+    for i, (city, river) in enumerate(zip(CITIES, RIVERS, strict=True)):
+        pid = f"p{i:02d}"
+        passages.append(
+            {
+                "id": pid,
+                "title": f"{city} town",
+                "text": f"The town of {city} lies on the river {river}. Its market sells wool "
+                f"and its bridge is {i + 3} hundred years old.",
+            }
+        )
+        questions.append(
+            {
+                "question": f"Which river does the town of {city} lie on?",
+                "answers": [river],
+                "gold": pid,
+            }
+        )
+    for j in range(12):
+        passages.append(
+            {
+                "id": f"d{j:02d}",
+                "text": f"Distractor number {j} talks about weather, rain and "
+                f"clouds over the hills for {j + 1} days.",
+            }
+        )
+    q = folder / "questions.jsonl"
+    p = folder / "passages.jsonl"
+    q.write_text("".join(json.dumps(r) + "\n" for r in questions))
+    p.write_text("".join(json.dumps(r) + "\n" for r in passages))
+    return q, p
+
+
+@pytest.fixture(scope="session")
+def toy_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_toy_qa(tmp_path_factory.mktemp("toy-qa"))
+
+
+@pytest.fixture(scope="session")
+def toy_qa(toy_files: tuple[Path, Path]) -> QATask:
+    return load_qa_files(*toy_files, name="toy")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from frozenlm.cli import compare, models, peft, records, supericl, tasks, train
+from frozenlm.cli import compare, models, peft, qa, records, supericl, tasks, train
 from frozenlm.cli import eval as eval_
 from frozenlm.errors import FrozenLMError
 
@@ -65,6 +65,11 @@ COMMANDS: dict[str, Command] = {
         "turn a PEFT prompt-tuning or prefix-tuning adapter into a plug-in",
         peft.add_import_arguments,
         peft.run_import,
+    ),
+    "qa": Command(
+        "open-domain QA with a frozen reader: get nq, index, train-reranker, eval, ask",
+        qa.add_arguments,
+        qa.run,
     ),
     "runs": Command(
         "list the run records (train, eval, compare)", records.add_runs_arguments, records.run_runs

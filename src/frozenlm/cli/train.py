@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from frozenlm.cli.common import add_backbone, check_output_folder, load_backbone, record
 from frozenlm.errors import ConfigError
 
 if TYPE_CHECKING:
     from frozenlm.backbone import Backbone
+    from frozenlm.training.config import TrainConfig
     from frozenlm.training.loop import TrainResult
 
 DESCRIPTION = (
@@ -24,6 +25,16 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.add_argument("--task", required=True, help="task names or files, comma-separated")
+    parser.add_argument("--out", required=True, help="output folder (best/ and last/ checkpoints)")
+    add_training_options(parser)
+    add_backbone(parser)
+
+
+def add_training_options(parser: argparse.ArgumentParser, *, chat_template: bool = True) -> None:
+    """The plug-in and training-loop options (`frozenlm train`, `frozenlm qa train-reader`);
+    `chat_template` is the default of rendering training rows in the chat template."""
     from frozenlm.plugins.prefix import PrefixConfig
     from frozenlm.plugins.prompt_generator import EncoderKind, PromptGeneratorConfig
     from frozenlm.plugins.protocol import SoftPosition
@@ -31,10 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig
     from frozenlm.training.config import TrainConfig
 
-    parser.description = DESCRIPTION
-    parser.add_argument("--task", required=True, help="task names or files, comma-separated")
     parser.add_argument("--method", choices=list(PLUGINS), default="soft-prompt")
-    parser.add_argument("--out", required=True, help="output folder (best/ and last/ checkpoints)")
     parser.add_argument(
         "--prompt-length",
         type=int,
@@ -149,7 +157,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=TrainConfig.patience,
         help="evaluations without improvement",
     )
-    parser.add_argument("--no-chat-template", action="store_true")
+    if chat_template:
+        parser.add_argument("--no-chat-template", dest="chat_template", action="store_false")
+    else:
+        parser.add_argument(
+            "--chat-template",
+            dest="chat_template",
+            action="store_true",
+            help="render the training rows in the backbone's chat template",
+        )
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last")
     parser.add_argument(
@@ -157,19 +173,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="delete the training run OUT holds (best/ and last/) and train a new one",
     )
-    add_backbone(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def training_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig]:
+    """(plug-in config JSON, training config) from the options `add_training_options` adds."""
     from frozenlm.codec import to_json
     from frozenlm.plugins.prefix import PrefixConfig
     from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
     from frozenlm.plugins.registry import recipe
     from frozenlm.plugins.soft_prompt import SoftPromptConfig
     from frozenlm.training.config import TrainConfig
-    from frozenlm.training.loop import train_plugin
 
-    check_output_folder(args.out)
     given = {
         "optimizer": args.optimizer,
         "lr": args.lr,
@@ -185,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         eval_limit=args.eval_limit,
         patience=args.patience,
         seed=args.seed,
-        chat_template=not args.no_chat_template,
+        chat_template=args.chat_template,
         task_cap=args.task_cap,
         max_grad_norm=args.max_grad_norm or None,
         balance=args.balance,
@@ -222,6 +236,14 @@ def run(args: argparse.Namespace) -> int:
                 residual=args.residual,
             )
         )
+    return plugin_config, config
+
+
+def run(args: argparse.Namespace) -> int:
+    from frozenlm.training.loop import train_plugin
+
+    check_output_folder(args.out)
+    plugin_config, config = training_settings(args)
     backbone = load_backbone(args)
     result = train_plugin(
         backbone,
@@ -238,11 +260,11 @@ def run(args: argparse.Namespace) -> int:
         f"({result.steps_done} steps{', stopped early' if result.stopped_early else ''}, "
         f"{result.seconds:.0f} s); best checkpoint in {args.out}/best"
     )
-    _record_train(args, backbone, result)
+    record_train(args, backbone, result)
     return 0
 
 
-def _record_train(args: argparse.Namespace, backbone: Backbone, result: TrainResult) -> None:
+def record_train(args: argparse.Namespace, backbone: Backbone, result: TrainResult) -> None:
     """The train record, from the best checkpoint's plugin.json (split hashes, dev metrics per
     task, tensor shapes)."""
     from frozenlm.plugins.checkpoint import PLUGIN_JSON, read_json_object

@@ -353,7 +353,7 @@ def _data_path(task_file: Path, value: Any, key: str) -> Path:
 def _load_examples(path: Path, spec: TaskSpec, label_field: str) -> list[Example]:
     """Validated, deduplicated examples of one data file."""
     columns = (*spec.input_fields, label_field)
-    records = _read_csv(path, columns) if path.suffix.lower() == ".csv" else _read_jsonl(path)
+    records = read_records(path, columns)
     rows: list[Example] = []
     for line, record in records:
         for column in columns:
@@ -362,11 +362,11 @@ def _load_examples(path: Path, spec: TaskSpec, label_field: str) -> list[Example
                     f"{path} line {line} has no column '{column}'; columns found: "
                     f"{', '.join(map(str, record))}"
                 )
-        fields = {name: _cell(record[name], path, line, name) for name in spec.input_fields}
+        fields = {name: cell(record[name], path, line, name) for name in spec.input_fields}
         for name, value in fields.items():
             if not value.strip():
                 raise DataError(f"{path} line {line}: the input field '{name}' is empty")
-        answers = _answers(record[label_field], path, line, label_field)
+        answers = answers_of(record[label_field], path, line, label_field)
         label = answers[0]
         if spec.kind == "classification":
             if len(answers) != 1 or label not in spec.labels:
@@ -381,7 +381,7 @@ def _load_examples(path: Path, spec: TaskSpec, label_field: str) -> list[Example
     return dedupe(rows, what=str(path))
 
 
-def _cell(value: Any, path: Path, line: int, column: str) -> str:
+def cell(value: Any, path: Path, line: int, column: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise DataError(
             f"{path} line {line}: '{column}' must be a string or number, not {json.dumps(value)}"
@@ -389,10 +389,10 @@ def _cell(value: Any, path: Path, line: int, column: str) -> str:
     return str(value)
 
 
-def _answers(value: Any, path: Path, line: int, column: str) -> tuple[str, ...]:
+def answers_of(value: Any, path: Path, line: int, column: str) -> tuple[str, ...]:
     """The label as a tuple of acceptable answers (a JSONL list gives several)."""
     values = value if isinstance(value, list) else [value]
-    answers = tuple(_cell(item, path, line, column).strip() for item in values)
+    answers = tuple(cell(item, path, line, column).strip() for item in values)
     if not answers or not all(answers):
         raise DataError(f"{path} line {line}: the label field '{column}' is empty")
     return answers
@@ -421,6 +421,12 @@ def _any_field_size() -> Iterator[None]:
         yield
     finally:
         csv.field_size_limit(previous)
+
+
+def read_records(path: Path, columns: tuple[str, ...]) -> list[Record]:
+    """Rows of a CSV (whose header must name `columns`) or JSONL data file, as (line, values);
+    DataError naming the file and line for anything malformed."""
+    return _read_csv(path, columns) if path.suffix.lower() == ".csv" else list(_read_jsonl(path))
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[Record]:

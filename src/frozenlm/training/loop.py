@@ -479,6 +479,27 @@ def train_plugin(
 
     out = check_output_folder(out, "out")
     plugin_method(method)  # an unknown method is refused before any work
+    found = check_run_folder(out, resume=resume, overwrite=overwrite)
+    tasks = [load_task(ref, seed=config.seed) for ref in task_refs]
+    if len({t.name for t in tasks}) != len(tasks):
+        raise ConfigError("each task may be named only once in --task")
+    meta = plugin_meta(method, plugin_config, backbone, tasks, task_refs)
+    if resume:
+        saved = load_training_state(out / "last")
+        if saved is not None:
+            _check_same_run(out, saved[1].get("run", {}), meta, config)
+    plugin = new_plugin(method, plugin_config, backbone, [t.spec for t in tasks], config.seed)
+    plugin.train()
+    if found and overwrite:
+        log.warning("--overwrite: deleting the run in '%s'", out)
+        remove_folder(out)
+    return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
+
+
+def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> list[Path]:
+    """What of a training run `out` holds (see `run_files`), after refusing what `resume` and
+    `overwrite` cannot do with it: both at once, a run with neither, or an `overwrite` of a
+    folder that holds other files too."""
     if resume and overwrite:
         raise ConfigError(
             "--resume continues the run in --out and --overwrite replaces it; choose one"
@@ -496,20 +517,7 @@ def train_plugin(
                 f"--overwrite deletes a run folder, but '{out}' also holds {', '.join(others)}; "
                 "move them or choose another --out"
             )
-    tasks = [load_task(ref, seed=config.seed) for ref in task_refs]
-    if len({t.name for t in tasks}) != len(tasks):
-        raise ConfigError("each task may be named only once in --task")
-    meta = plugin_meta(method, plugin_config, backbone, tasks, task_refs)
-    if resume:
-        saved = load_training_state(out / "last")
-        if saved is not None:
-            _check_same_run(out, saved[1].get("run", {}), meta, config)
-    plugin = new_plugin(method, plugin_config, backbone, [t.spec for t in tasks], config.seed)
-    plugin.train()
-    if found and overwrite:
-        log.warning("--overwrite: deleting the run in '%s'", out)
-        remove_folder(out)
-    return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
+    return found
 
 
 def run_files(out: Path) -> list[Path]:

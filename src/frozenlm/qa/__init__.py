@@ -1,0 +1,1 @@
+"""Open-domain question answering with a frozen reader: retrieve, re-rank, pack, read."""
