@@ -4,6 +4,7 @@ and a reading soft prompt, evaluate every stage, ask one question; bad input exi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,15 +48,29 @@ def test_index_train_reranker_eval_and_ask(
     assert set(data["reader"]) == {"closed", "retrieved", "reranked", "gold"}
     assert data["n_read"] == 2 and data["reranked"]["gold@5"]["value"] <= 1.0
     assert data["config"]["reader"]["method"] == "few-shot"
+    tables = out.with_suffix(".md").read_text()
+    assert "| re-ranked |" in tables and "| gold |" in tables and "| hybrid |" in tables
     printed = capsys.readouterr().out
     assert "re-ranked:" in printed and "record:" in printed
+
+    # the run record replays on another backbone like any other run's
+    from frozenlm.runs.records import list_records
+
+    (recorded,) = list_records(kind="qa-eval")
+    assert main(["rerun", recorded.id, "--backbone", "tiny"]) == 0
+    replayed = json.loads((tmp_path / "eval.tiny.json").read_text())
+    assert replayed["reader"]["gold"]["f1"] == data["reader"]["gold"]["f1"]
+    assert replayed["predictions"] == data["predictions"]
+    capsys.readouterr()
 
     argv = ["qa", "ask", "Which river does the town of Corvo lie on?", *_task(toy),
             "--reranker", str(reranker), "--backbone", "tiny", "--budget", "200"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("answer:")
-    assert "in re-ranker order" in printed and "[p02]" in printed
+    assert "in re-ranker order" in printed
+    read = int(printed.split("read ")[1].split(" ")[0])
+    assert read >= 1 and len(re.findall(r"^  \[[pd]\d\d\] \(-?\d", printed, re.M)) == read
 
 
 def test_train_reader_then_eval_with_it(toy: dict[str, str], tmp_path: Path) -> None:

@@ -345,3 +345,17 @@ def test_budget_fit_of_thousands_of_demos_renders_only_what_it_keeps(tokenizer, 
     assert rendered.ids == reference.render(task.test[0], demos[-rendered.n_demos :]).ids
     bigger = reference.render(task.test[0], demos[-rendered.n_demos - 1 :])
     assert len(bigger.ids) + p.answer_tokens > 2048  # one more demonstration would not fit
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_fits_says_whether_render_would_cut_without_counting_a_cut(tokenizer, chat, caplog):
+    full = prompter(tokenizer, chat_template=chat, answer_tokens=3).render(TEST, DEMOS)
+    for budget in range(len(full.ids) - 3, len(full.ids) + 6):
+        p = prompter(tokenizer, chat_template=chat, answer_tokens=3, max_tokens=budget)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            fits = p.fits(TEST, DEMOS)
+        assert p.cut_prompts == 0 and not caplog.records
+        rendered = p.render(TEST, DEMOS)
+        assert fits == (rendered.dropped_demos == 0 and not rendered.truncated_input)
+        assert fits == (budget >= len(full.ids) + 3)

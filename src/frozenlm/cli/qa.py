@@ -127,6 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
     rerank.add_argument("--lr", type=float, default=defaults.lr)
+    rerank.add_argument(
+        "--loss",
+        choices=["bce", "listwise"],
+        default=defaults.loss,
+        help="bce: pairs; listwise: the positive against its hard negatives (default: %(default)s)",
+    )
     add_device_options(rerank)
 
     reader = sub.add_parser(
@@ -288,6 +294,7 @@ def _train_reranker(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         lr=args.lr,
+        loss=args.loss,
         seed=args.seed,
     )
     index = load_index(_folder(args, args.index, "index"), task.corpus, _device(args))
@@ -420,6 +427,13 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_qa(backbone, task, index, reranker, config, plugin)
     data = result.to_json()
     report(result.headline(), data, args.out)
+    if args.out:
+        from frozenlm.atomic import atomic_write_bytes
+        from frozenlm.qa.report import markdown
+
+        tables = Path(args.out).with_suffix(".md")
+        atomic_write_bytes(tables, markdown(data).encode())
+        print(f"wrote {tables}")
     metrics = {f"reader {k} exact_match": v["exact_match"] for k, v in data["reader"].items()}
     costs = {"seconds": sum(result.seconds.values()), "examples": result.n_read}
     record(

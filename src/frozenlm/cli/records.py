@@ -124,10 +124,13 @@ def replay_argv(
     replay never overwrites the original's output. Each `--plugin` folder of `frozenlm eval`
     gets the same suffix: it names the output of the train run's replay on that backbone, so
     replaying a train record and then the evals that read its plug-in repeats the whole chain
+    (`qa train-reader` and `qa eval --plugin` alike)
     (SuperICL's `--plugin` is a user's model folder and is kept). `--device` and `--dtype` stay
     as recorded unless given. Top-level options (`--runs-dir`, ...) are not included."""
     suffix = out_suffix or backbone_slug(backbone)
-    is_file = record.kind == "eval"  # eval --out is a JSON file; train and compare write folders
+    # eval and qa eval --out are JSON files; train and compare write folders
+    is_file = record.kind in ("eval", "qa-eval")
+    evaluates = record.command[:1] == ["eval"] or record.command[:2] == ["qa", "eval"]
     given = {"--device": device, "--dtype": dtype}
     argv: list[str] = []
     tokens = iter(record.command)
@@ -140,7 +143,7 @@ def replay_argv(
         elif option == "--out":
             value = value if eq else next(tokens, "")
             argv += ["--out", _with_suffix(value, suffix, is_file=is_file)]
-        elif option == "--plugin" and record.command[:1] == ["eval"]:
+        elif option == "--plugin" and evaluates:
             value = value if eq else next(tokens, "")
             folders = [_with_suffix(v, suffix, is_file=False) for v in value.split(",")]
             argv += ["--plugin", ",".join(folders)]

@@ -165,6 +165,15 @@ class Prompter:
         start = self._input_start(ids, turns[len(turns) - kept :] if kept else ())
         return RenderedPrompt(ids, text, kept, dropped, truncated, start)
 
+    def fits(self, example: Example, demos: Sequence[Example] = ()) -> bool:
+        """Whether `example` after all of `demos` renders within the budget uncut (nothing is
+        logged or counted: for callers that try contents, such as QA's packing)."""
+        turns = [self._demo_turn(demo) for demo in demos]
+        fields = {name: example.fields[name] for name in self.spec.input_fields}
+        note = self.annotate(example) if self.annotate else ""
+        text = self._render_text(turns, fields, note)
+        return self._fits(self._encode(text))
+
     def render_content_free(
         self, demos: Sequence[Example] = (), content: str = "N/A"
     ) -> RenderedPrompt:

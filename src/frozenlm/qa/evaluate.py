@@ -286,7 +286,8 @@ def _read(
     pack_seconds = time.perf_counter() - start
     if context != "closed":
         report.packing[context] = packing_stats(examples, packed, corpus, config.seed)
-        if context == "counterfactual":
+        if context == "counterfactual":  # the swapped passage is not the corpus' gold one
+            report.packing[context].pop("gold_in_context", None)
             report.packing[context]["answer_in_context"] = bootstrap(
                 [
                     float(has_answer(p.context, a))

@@ -127,8 +127,7 @@ class ContextPacker:
         demos = self.selector.select_many([as_example(example, "")])[0] if self.selector else []
 
         def fits(context: str) -> bool:
-            rendered = self.prompter.render(as_example(example, context), demos)
-            return not rendered.truncated_input and rendered.dropped_demos == 0
+            return self.prompter.fits(as_example(example, context), demos)
 
         return fits
 
