@@ -1,17 +1,15 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from frozenlm.errors import ConfigError, DataError
+from frozenlm.errors import DataError
 from frozenlm.qa.data import (
     Corpus,
     Passage,
     QAExample,
     load_qa_files,
-    load_qa_task,
     make_qa_splits,
     read_passages,
 )
@@ -104,10 +102,3 @@ def test_missing_files_and_tasks_are_named(tmp_path: Path) -> None:
     (tmp_path / "p.txt").write_text("x")
     with pytest.raises(DataError, match=r"must be a \.csv or \.jsonl or \.ndjson file"):
         read_passages(tmp_path / "p.txt")
-    with pytest.raises(DataError, match="unknown QA task 'trivia'"):
-        load_qa_task("trivia")
-    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "q", "answers": "a"}) + "\n")
-    with pytest.raises(ConfigError, match="needs a passages file"):
-        load_qa_task(str(tmp_path / "q.jsonl"))
-    with pytest.raises(ConfigError, match="brings its own passages"):
-        load_qa_task("nq", tmp_path / "p.txt")

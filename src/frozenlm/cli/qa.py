@@ -233,7 +233,7 @@ def _folder(args: argparse.Namespace, value: str | None, kind: str) -> Path:
 
 
 def _load_task(args: argparse.Namespace) -> QATask:
-    from frozenlm.qa.data import load_qa_task
+    from frozenlm.qa.tasks import load_qa_task
 
     return load_qa_task(args.task, args.passages, seed=args.seed)
 
