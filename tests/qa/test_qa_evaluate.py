@@ -91,3 +91,22 @@ def test_reranked_needs_a_reranker_and_counterfactual_needs_nq(
         )
     with pytest.raises(ConfigError, match="unknown reader context"):
         QAEvalConfig(contexts=("oracle",))
+
+
+def test_with_a_reranker_and_no_contexts_only_retrieval_and_reranking_are_measured(
+    tiny: Backbone, toy_qa, bm25_index
+) -> None:
+    from frozenlm.qa.rerank import Reranker, RerankerConfig, new_model
+
+    reranker = Reranker(new_model(RerankerConfig(max_length=64)))
+    config = QAEvalConfig(
+        limit=2, retrievers=("bm25",), retriever="bm25", ks=(1, 5), rerank_depth=5, contexts=()
+    )
+    report = evaluate_qa(tiny, toy_qa, bm25_index, reranker, config)
+    assert report.reader == {} and report.packing == {}
+    assert set(report.reranked) == {
+        "answer@1", "answer@5", "gold@1", "gold@5",
+        "answer@1 before", "answer@5 before", "gold@1 before", "gold@5 before",
+    }  # fmt: skip
+    # the top 5 hold the same passages in either order
+    assert report.reranked["gold@5"].value == report.reranked["gold@5 before"].value

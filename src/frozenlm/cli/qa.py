@@ -199,7 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument(
         "--contexts",
         default=",".join(QAEvalConfig.contexts),
-        help=f"what the reader reads, comma-separated: {', '.join(CONTEXTS)}",
+        help=f'what the reader reads, comma-separated: {", ".join(CONTEXTS)} ("": nothing, '
+        "retrieval and re-ranking only)",
     )
     _reader_options(evaluate)
     evaluate.add_argument("--out", help="write the report as JSON")
@@ -421,7 +422,7 @@ def _eval(args: argparse.Namespace) -> int:
     config = replace(config, reader=reader)
     index = load_index(_folder(args, args.index, "index"), task.corpus, backbone.device)
     reranker = None
-    if "reranked" in contexts:
+    if "reranked" in contexts or (args.reranker and not args.no_reranker):
         folder = _folder(args, args.reranker, "reranker")
         reranker = load_reranker(folder, task.corpus, backbone.device)
     result = evaluate_qa(backbone, task, index, reranker, config, plugin)

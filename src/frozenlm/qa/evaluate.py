@@ -51,7 +51,8 @@ class QAEvalConfig:
     rerank_depth: int = 20
     """Passages per question the re-ranker scores."""
     contexts: tuple[str, ...] = ("closed", "retrieved", "reranked", "gold")
-    """What the reader reads (see the module docstring); "counterfactual" needs `nq`."""
+    """What the reader reads (see the module docstring); "counterfactual" needs `nq`; none:
+    retrieval (and, with a re-ranker, re-ranking) only."""
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     seed: int = 0
 
@@ -233,7 +234,7 @@ def evaluate_qa(
         if name == config.retriever:
             main_hits = hits[: len(read)]
     reranked: list[Hits] = []
-    if reranker is not None and needs_rerank:
+    if reranker is not None:  # re-ranking recall is measured whenever there is a re-ranker
         start = time.perf_counter()
         reranked = reranker.rerank(
             [e.question for e in read], main_hits, corpus, config.rerank_depth
