@@ -5,13 +5,13 @@ training loop as any other generation task.
 `reader_task` builds that task for one context per question (closed book: none; the retriever's
 or re-ranker's order packed into the budget; the gold passage alone; the counterfactual passage).
 Its train split holds closed-book demonstrations ("Question: ... / Answer: ...", short answers
-in the data's style) for few-shot reading; `reader_training_task` gives train and dev packed
-contexts instead, for training a soft prompt to read.
+in the data's style) for few-shot reading; `qa.train.reader_training_task` gives train and dev
+packed contexts instead, for training a soft prompt to read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +22,6 @@ from frozenlm.prompts.demos import DemoSelector
 from frozenlm.prompts.render import Prompter
 from frozenlm.qa.data import Corpus, QAExample, QATask
 from frozenlm.qa.pack import Packed, pack
-from frozenlm.qa.retrieve import Hits
 from frozenlm.tasks.spec import Example, Task, TaskSpec
 
 READ_INSTRUCTION = "Answer the question with a short answer (a few words) taken from the passages."
@@ -154,26 +153,3 @@ def reader_task(
     refs = answers if answers is not None else [None] * len(examples)
     test = tuple(as_example(e, c, a) for e, c, a in zip(examples, contexts, refs, strict=True))
     return Task(spec=reader_spec(task.name, context), train=demo_examples(task), dev=(), test=test)
-
-
-def pack_all(
-    packer: ContextPacker,
-    examples: Sequence[QAExample],
-    rankings: Sequence[Sequence[int]],
-    corpus: Corpus,
-) -> list[Packed]:
-    return [packer.pack(e, r, corpus) for e, r in zip(examples, rankings, strict=True)]
-
-
-def positions(hits: Sequence[Hits]) -> list[list[int]]:
-    return [[p for p, _ in h] for h in hits]
-
-
-def reader_training_task(task: QATask, contexts: Mapping[str, Sequence[str]]) -> Task:
-    """The reader task with packed contexts on train and dev (for training a plug-in to read)
-    and on test; `contexts` maps each split name to one context per question of that split."""
-    splits = {
-        name: tuple(as_example(e, c) for e, c in zip(task.split(name), contexts[name], strict=True))
-        for name in ("train", "dev", "test")
-    }
-    return Task(spec=reader_spec(task.name), **splits)
