@@ -30,7 +30,7 @@ from frozenlm.engine.generation import GenerationConfig
 from frozenlm.evaluation.evaluate import prompt_rows
 from frozenlm.qa.ask import AskConfig, ask
 from frozenlm.qa.nq import load_nq
-from frozenlm.qa.reader import ContextPacker, ReaderConfig, as_example, reader_task
+from frozenlm.qa.reader import ContextPacker, ReaderConfig, reader_task
 from frozenlm.qa.rerank import load_reranker
 from frozenlm.qa.retrieve import IndexConfig, build_index, load_index
 
@@ -94,8 +94,7 @@ def main() -> None:
     prompts = []
     for example, ranked in zip(examples, hits, strict=True):
         packed = packer.pack(example, [p for p, _ in ranked], task.corpus)
-        demos = packer.selector.select_many([as_example(example, "")])[0] if packer.selector else []
-        prompts.append(packer.prompter.render(as_example(example, packed.context), demos))
+        prompts.append(packer.render(example, packed.context))
     rows = prompt_rows(prompts)
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens)
     reader = {}

@@ -58,8 +58,7 @@ def ask(
     example = QAExample(id=question_id(question), question=question, answers=("",))
     packer = ContextPacker(backbone, reader_task(task, [], []), config.reader)
     packed = packer.pack(example, [p for p, _ in hits], task.corpus)
-    demos = packer.selector.select_many([as_example(example, "")])[0] if packer.selector else []
-    prompt = packer.prompter.render(as_example(example, packed.context), demos)
+    prompt = packer.render(example, packed.context)
     conditioning = None
     if plugin is not None:
         spec = packer.task.spec

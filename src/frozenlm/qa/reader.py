@@ -19,7 +19,7 @@ from frozenlm.backbone import Backbone
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig, task_prompter
 from frozenlm.prompts.demos import DemoSelector
-from frozenlm.prompts.render import Prompter
+from frozenlm.prompts.render import Prompter, RenderedPrompt
 from frozenlm.qa.data import Corpus, QAExample, QATask
 from frozenlm.qa.pack import Packed, pack
 from frozenlm.tasks.spec import Example, Task, TaskSpec
@@ -122,8 +122,16 @@ class ContextPacker:
             else None
         )
 
+    def demos_for(self, example: QAExample) -> list[Example]:
+        """The demonstrations shown before `example` (the fixed seeded sample evaluation uses)."""
+        return self.selector.select_many([as_example(example, "")])[0] if self.selector else []
+
+    def render(self, example: QAExample, context: str) -> RenderedPrompt:
+        """The reader's prompt for `example` reading `context`, after its demonstrations."""
+        return self.prompter.render(as_example(example, context), self.demos_for(example))
+
     def fits_for(self, example: QAExample) -> Callable[[str], bool]:
-        demos = self.selector.select_many([as_example(example, "")])[0] if self.selector else []
+        demos = self.demos_for(example)
 
         def fits(context: str) -> bool:
             return self.prompter.fits(as_example(example, context), demos)
