@@ -356,12 +356,6 @@ def _load_examples(path: Path, spec: TaskSpec, label_field: str) -> list[Example
     records = read_records(path, columns)
     rows: list[Example] = []
     for line, record in records:
-        for column in columns:
-            if column not in record:
-                raise DataError(
-                    f"{path} line {line} has no column '{column}'; columns found: "
-                    f"{', '.join(map(str, record))}"
-                )
         fields = {name: cell(record[name], path, line, name) for name in spec.input_fields}
         for name, value in fields.items():
             if not value.strip():
@@ -424,9 +418,19 @@ def _any_field_size() -> Iterator[None]:
 
 
 def read_records(path: Path, columns: tuple[str, ...]) -> list[Record]:
-    """Rows of a CSV (whose header must name `columns`) or JSONL data file, as (line, values);
-    DataError naming the file and line for anything malformed."""
-    return _read_csv(path, columns) if path.suffix.lower() == ".csv" else list(_read_jsonl(path))
+    """Rows of a CSV or JSONL data file, as (line, values), each holding every one of `columns`;
+    DataError naming the file and line (and the missing column) for anything malformed."""
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path, columns)  # its header names every column
+    records = list(_read_jsonl(path))
+    for line, record in records:
+        for column in columns:
+            if column not in record:
+                raise DataError(
+                    f"{path} line {line} has no column '{column}'; columns found: "
+                    f"{', '.join(map(str, record))}"
+                )
+    return records
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[Record]:
