@@ -28,6 +28,15 @@ def test_subsample_is_class_balanced_and_seeded() -> None:
     assert subsample(task, None, seed=3) is task
 
 
+def test_a_generation_task_is_subsampled_at_random_not_by_answer() -> None:
+    task = load_task("trivia")
+    small = subsample(task, 20, seed=3)
+    assert len(small.train) == 20 and subsample(task, 20, seed=3).train == small.train
+    first = sorted({ex.label for ex in task.train})[:20]  # what balancing by answer took
+    assert sorted(ex.label for ex in small.train) != first
+    assert {ex.id for ex in small.train} <= {ex.id for ex in task.train}
+
+
 def test_the_plan_adds_the_domain_shift_partner_for_shift_methods_only() -> None:
     config = CompareConfig(tasks=("sentiment",), methods=("zero-shot", "peft-prompt", "lora"),
                            budget=TINY_BUDGET)  # fmt: skip

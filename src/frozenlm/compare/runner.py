@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import random
 import shutil
 import time
 from collections import Counter
@@ -89,9 +90,13 @@ def parse_train_sizes(text: str) -> tuple[int | None, ...]:
 
 
 def subsample(task: Task, size: int | None, seed: int) -> Task:
-    """The task with `size` training examples, class-balanced and seeded (all if None/larger)."""
+    """The task with `size` training examples, seeded (all if None/larger): class-balanced for
+    classification, a plain random sample for generation (whose labels are answers: balancing
+    them would take one example of each of the alphabetically first answers)."""
     if size is None or size >= len(task.train):
         return task
+    if task.spec.kind != "classification":
+        return replace(task, train=tuple(random.Random(seed).sample(task.train, size)))
     return replace(task, train=tuple(balanced_sample(task.train, size, seed)))
 
 
