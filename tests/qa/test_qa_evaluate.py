@@ -107,6 +107,13 @@ def test_with_a_reranker_and_no_contexts_only_retrieval_and_reranking_are_measur
     assert set(report.reranked) == {
         "answer@1", "answer@5", "gold@1", "gold@5",
         "answer@1 before", "answer@5 before", "gold@1 before", "gold@5 before",
+        "answer@1 alone", "answer@5 alone", "gold@1 alone", "gold@5 alone",
     }  # fmt: skip
-    # the top 5 hold the same passages in either order
-    assert report.reranked["gold@5"].value == report.reranked["gold@5 before"].value
+    assert report.config["fusion"] == reranker.fusion == 10  # the default, fused
+    # the top 5 hold the same passages in every order
+    gold = report.reranked
+    assert gold["gold@5"].value == gold["gold@5 before"].value == gold["gold@5 alone"].value
+    reranker.fusion = 0
+    alone = evaluate_qa(tiny, toy_qa, bm25_index, reranker, config)
+    assert not any(k.endswith(" alone") for k in alone.reranked)
+    assert alone.reranked["answer@1"].value == report.reranked["answer@1 alone"].value

@@ -8,6 +8,7 @@ import pytest
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.qa.data import Corpus, Passage, QAExample
 from frozenlm.qa.rerank import (
+    Reranker,
     RerankerConfig,
     has_answer,
     load_reranker,
@@ -67,7 +68,7 @@ def test_listwise_rows_hold_the_positive_and_every_hard_negative() -> None:
         "negative_1": ["passage 1"],
         "negative_2": ["passage 2"],
     }
-    bce = training_columns(examples, hits, corpus, RerankerConfig(negatives=2))
+    bce = training_columns(examples, hits, corpus, RerankerConfig(negatives=2, loss="bce"))
     assert sorted(bce["label"]) == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 
@@ -93,11 +94,15 @@ def test_training_lowers_the_loss_and_the_checkpoint_round_trips(toy_qa, tmp_pat
     assert len(losses) >= 6 and sum(losses[-3:]) < sum(losses[:3]), losses
     examples = list(toy_qa.test) + list(toy_qa.dev)
     hits = index.retriever("bm25").search([e.question for e in examples], 10)
-    reranked = reranker.rerank([e.question for e in examples], hits, toy_qa.corpus, 10)
-    for before, after in zip(hits, reranked, strict=True):  # the same passages, by score
-        assert sorted(p for p, _ in before) == sorted(p for p, _ in after)
-        scores = [score for _, score in after]
-        assert scores == sorted(scores, reverse=True)
+    questions = [e.question for e in examples]
+    reranked = reranker.rerank(questions, hits, toy_qa.corpus, 10)
+    alone = reranker.ranked(questions, hits, toy_qa.corpus, 10)
+    assert reranked == reranker.fused(alone, hits)
+    for before, *after in zip(hits, reranked, alone, strict=True):  # the same passages, by score
+        for order in after:
+            assert sorted(p for p, _ in before) == sorted(p for p, _ in order)
+            scores = [score for _, score in order]
+            assert scores == sorted(scores, reverse=True)
 
     folder = tmp_path / "reranker"
     save_reranker(reranker, folder)
@@ -110,6 +115,23 @@ def test_training_lowers_the_loss_and_the_checkpoint_round_trips(toy_qa, tmp_pat
     a = reranker.score([q for q, _ in pairs], [p for _, p in pairs])
     b = loaded.score([q for q, _ in pairs], [p for _, p in pairs])
     assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_fusion_mixes_the_rerankers_order_with_the_retrievers() -> None:
+    ranked = [[(3, 9.0), (1, 5.0), (2, 1.0)]]  # the cross-encoder's order
+    retrieved = [[(1, 0.3), (2, 0.2), (3, 0.1), (4, 0.0)]]  # beyond the depth: dropped
+    fused = Reranker(None, fusion=10).fused(ranked, retrieved)
+    # 1: 1/12 + 1/11, 3: 1/11 + 1/13, 2: 1/13 + 1/12
+    assert [p for p, _ in fused[0]] == [1, 3, 2]
+    assert fused[0][0][1] == pytest.approx(1 / 12 + 1 / 11)
+    assert Reranker(None, fusion=0).fused(ranked, retrieved) == ranked
+    # the checkpoint's recipe decides unless told otherwise
+    assert Reranker(None, {"config": {"fusion": 0}}).fusion == 0
+    assert Reranker(None, {}).fusion == RerankerConfig.fusion == 10
+    with pytest.raises(ConfigError, match="fusion must be >= 0"):
+        Reranker(None, fusion=-1)
+    with pytest.raises(ConfigError, match="fusion must be >= 0"):
+        RerankerConfig(fusion=-1)
 
 
 def test_not_a_reranker_is_refused(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
         default=",".join(CompareConfig.tasks),
-        help="task names or files, comma-separated (default: %(default)s)",
+        help="task names or files, comma-separated; the QA text tasks nq-closed and nq-open too "
+        "(default: %(default)s)",
     )
     parser.add_argument("--methods", default="all", help="'all' or a comma-separated list")
     parser.add_argument(

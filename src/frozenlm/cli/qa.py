@@ -48,6 +48,15 @@ def _index_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _fusion_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fusion",
+        type=int,
+        help="rank fusion k of the re-ranker's and the retriever's orders, 0: the re-ranker's "
+        "alone (default: the re-ranker's own, 10 unless trained with another)",
+    )
+
+
 def _reader_options(parser: argparse.ArgumentParser) -> None:
     from frozenlm.qa.reader import ReaderConfig
 
@@ -128,6 +137,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     rerank.add_argument("--lr", type=float, default=defaults.lr)
     rerank.add_argument(
+        "--fusion",
+        type=int,
+        default=defaults.fusion,
+        help="rank fusion k the re-ranker is used with, 0: none (default: %(default)s)",
+    )
+    rerank.add_argument(
         "--loss",
         choices=["bce", "listwise"],
         default=defaults.loss,
@@ -144,6 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _index_option(reader)
     reader.add_argument("--out", required=True, help="output folder (best/ and last/)")
     reader.add_argument("--reranker", help="re-ranker folder, for --order reranked")
+    _fusion_option(reader)
     reader_defaults = ReaderTrainConfig()
     reader.add_argument(
         "--order",
@@ -177,6 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _index_option(evaluate)
     evaluate.add_argument("--reranker", help="re-ranker folder (default for nq: the cache's)")
     evaluate.add_argument("--no-reranker", action="store_true", help="skip re-ranking")
+    _fusion_option(evaluate)
     evaluate.add_argument("--split", default=QAEvalConfig.split)
     evaluate.add_argument(
         "--limit",
@@ -213,16 +230,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _task_options(ask)
     _index_option(ask)
     ask.add_argument("--reranker", help="re-ranker folder (default for nq: the cache's, if any)")
+    _fusion_option(ask)
     ask.add_argument("--retriever", choices=RETRIEVERS, default="hybrid")
     ask.add_argument("--depth", type=int, default=20, help="passages retrieved and re-ranked")
     _reader_options(ask)
     add_backbone(ask)
-
-
-def _default_folder(task: str, kind: str) -> Path:
-    from frozenlm.assets import cache_dir
-
-    return cache_dir() / "qa" / task / kind
 
 
 def _folder(args: argparse.Namespace, value: str | None, kind: str) -> Path:
@@ -230,7 +242,9 @@ def _folder(args: argparse.Namespace, value: str | None, kind: str) -> Path:
         return Path(value)
     if args.task != "nq":
         raise ConfigError(f"give the {kind} folder of the questions file '{args.task}' (--{kind})")
-    return _default_folder("nq", kind)
+    from frozenlm.qa.tasks import default_folder
+
+    return default_folder("nq", kind)
 
 
 def _load_task(args: argparse.Namespace) -> QATask:
@@ -296,6 +310,7 @@ def _train_reranker(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         lr=args.lr,
         loss=args.loss,
+        fusion=args.fusion,
         seed=args.seed,
     )
     index = load_index(_folder(args, args.index, "index"), task.corpus, _device(args))
@@ -334,7 +349,7 @@ def _train_reader(args: argparse.Namespace) -> int:
     reranker = None
     if args.order == "reranked":
         folder = _folder(args, args.reranker, "reranker")
-        reranker = load_reranker(folder, task.corpus, backbone.device)
+        reranker = load_reranker(folder, task.corpus, backbone.device, args.fusion)
     result = train_reader(
         backbone,
         task,
@@ -424,7 +439,7 @@ def _eval(args: argparse.Namespace) -> int:
     reranker = None
     if "reranked" in contexts or (args.reranker and not args.no_reranker):
         folder = _folder(args, args.reranker, "reranker")
-        reranker = load_reranker(folder, task.corpus, backbone.device)
+        reranker = load_reranker(folder, task.corpus, backbone.device, args.fusion)
     result = evaluate_qa(backbone, task, index, reranker, config, plugin)
     data = result.to_json()
     report(result.headline(), data, args.out)
@@ -453,20 +468,18 @@ def _ask(args: argparse.Namespace) -> int:
     from frozenlm.qa.ask import AskConfig, ask
     from frozenlm.qa.rerank import load_reranker
     from frozenlm.qa.retrieve import load_index
+    from frozenlm.qa.tasks import default_folder
 
     task = _load_task(args)
     backbone = load_backbone(args)
     index = load_index(_folder(args, args.index, "index"), task.corpus, backbone.device)
     reranker = None
     folder = Path(args.reranker) if args.reranker else None
-    if (
-        folder is None
-        and args.task == "nq"
-        and (_default_folder("nq", "reranker") / "reranker.json").is_file()
-    ):
-        folder = _default_folder("nq", "reranker")
+    if folder is None and args.task == "nq":
+        cached = default_folder("nq", "reranker")
+        folder = cached if (cached / "reranker.json").is_file() else None
     if folder is not None:
-        reranker = load_reranker(folder, task.corpus, backbone.device)
+        reranker = load_reranker(folder, task.corpus, backbone.device, args.fusion)
     plugin, reader = _plugin(args, backbone, _reader_config(args))
     config = AskConfig(retriever=args.retriever, depth=args.depth, reader=reader)
     answer = ask(backbone, task, index, args.question, reranker, config, plugin)

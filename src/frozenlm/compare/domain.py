@@ -36,8 +36,16 @@ def binary_tweets(seed: int = 0) -> Task:
 
 
 def load_compare_task(ref: str, seed: int = 0) -> Task:
-    """A task for compare: any task reference, plus the derived `tweets-binary`."""
-    return binary_tweets(seed) if ref == BINARY_TWEETS else load_task(ref, seed=seed)
+    """A task for compare: any task reference, plus the derived `tweets-binary` and the QA text
+    tasks (`nq-closed`, `nq-open`: `frozenlm.qa.text_tasks`)."""
+    from frozenlm.qa.nq import BUILTIN_QA
+    from frozenlm.qa.text_tasks import load_text_task, parse_text_task
+
+    if ref == BINARY_TWEETS:
+        return binary_tweets(seed)
+    if parse_text_task(ref, BUILTIN_QA) is not None:
+        return load_text_task(ref, seed=seed)
+    return load_task(ref, seed=seed)
 
 
 def shifted(source: Task, target: Task) -> Task:

@@ -236,14 +236,17 @@ def evaluate_qa(
     reranked: list[Hits] = []
     if reranker is not None:  # re-ranking recall is measured whenever there is a re-ranker
         start = time.perf_counter()
-        reranked = reranker.rerank(
-            [e.question for e in read], main_hits, corpus, config.rerank_depth
-        )
+        alone = reranker.ranked([e.question for e in read], main_hits, corpus, config.rerank_depth)
+        reranked = reranker.fused(alone, main_hits)
         report.seconds["rerank"] = time.perf_counter() - start
         ks = [k for k in config.ks if k <= config.rerank_depth]
         report.reranked = recall_at(read, reranked, corpus, ks, config.seed)
         before = recall_at(read, main_hits, corpus, ks, config.seed)
         report.reranked |= {f"{k} before": v for k, v in before.items()}
+        if reranker.fusion:
+            by_itself = recall_at(read, alone, corpus, ks, config.seed)
+            report.reranked |= {f"{k} alone": v for k, v in by_itself.items()}
+        report.config["fusion"] = reranker.fusion
     for context in config.contexts:
         _read(backbone, task, read, context, main_hits, reranked, config, plugin, report)
     return report

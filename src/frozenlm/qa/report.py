@@ -38,19 +38,27 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"| {name} | {cells} |")
         lines.append("")
     if data["reranked"]:
-        after = {k: v for k, v in data["reranked"].items() if not k.endswith(" before")}
+        reranked = data["reranked"]
+        after = [k for k in reranked if not k.endswith((" before", " alone"))]
+        fusion = config.get("fusion", 0)
+
+        def row(name: str, suffix: str) -> str:
+            cells = " | ".join(_interval(reranked[k + suffix]) for k in after)
+            return f"| {name} | {cells} |"
+
         lines += [
             f"Re-ranking the {config['retriever']} top {config['rerank_depth']} "
-            f"({data['n_read']} questions):",
+            f"({data['n_read']} questions"
+            + (f"; re-ranked = fused with the retriever's order, RRF k={fusion}" if fusion else "")
+            + "):",
             "",
             "| | " + " | ".join(after) + " |",
             "|---" * (1 + len(after)) + "|",
-            f"| {config['retriever']} order | "
-            + " | ".join(_interval(data["reranked"][f"{k} before"]) for k in after)
-            + " |",
-            "| re-ranked | " + " | ".join(_interval(v) for v in after.values()) + " |",
-            "",
+            row(f"{config['retriever']} order", " before"),
         ]
+        if f"{after[0]} alone" in reranked:
+            lines.append(row("re-ranker alone", " alone"))
+        lines += [row("re-ranked", ""), ""]
     lines += [
         f"Reading ({data['n_read']} questions; budget {reader['budget']} tokens, "
         f"{reader['method']}{'' if reader['method'] == 'zero-shot' else ' ' + str(reader['shots'])}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from frozenlm.assets import cache_dir
 from frozenlm.errors import ConfigError, DataError
 from frozenlm.qa import nq
 from frozenlm.qa.data import QATask, load_qa_files
@@ -29,3 +30,8 @@ def load_qa_task(
             )
         raise ConfigError(f"the questions file '{task}' needs a passages file (--passages)")
     return load_qa_files(task, passages, seed=seed)
+
+
+def default_folder(task: str, kind: str) -> Path:
+    """Where the QA commands keep a built-in task's `kind` ("index", "reranker") by default."""
+    return cache_dir() / "qa" / task / kind
