@@ -3,7 +3,8 @@
 - index build: BM25 over the whole corpus (timed here); dense, the seconds the saved index
   recorded when it was built (embedding ~24k passages takes minutes: not repeated);
 - retrieval latency per question (one question at a time: p50, p95) for BM25, dense, hybrid;
-- re-ranking latency per question (its `depth` passages scored in one batch: p50, p95);
+- re-ranking latency per question (its `depth` passages scored in one batch: p50, p95), and
+  against scoring one pair at a time (the batching gain);
 - reader questions/s, with the prompt's shared prefix (instruction + demonstrations) computed
   once per batch against every row computing it (`share_text` off): the ratio is the gain;
 - end-to-end questions/s of `qa.ask.ask` (retrieve, re-rank, pack, read), one at a time.
@@ -86,6 +87,14 @@ def main() -> None:
             for q, h in zip(questions, hits, strict=True)
         ]
         out["rerank"] = percentiles(seconds) | {"passages_per_question": args.depth}
+        few = list(zip(questions, hits, strict=True))[:4]
+        one_by_one = [
+            timed(reranker.rerank, [q], [h], task.corpus, args.depth, 1)[1] for q, h in few
+        ]
+        out["rerank_one_pair_at_a_time"] = percentiles(one_by_one)
+        out["rerank_batching_speedup"] = statistics.median(one_by_one) / statistics.median(
+            seconds[: len(few)]
+        )
 
     backbone = Backbone.load()
     config = ReaderConfig()

@@ -29,3 +29,12 @@ def test_nothing_fits_gives_an_empty_context() -> None:
     packed = pack([(3, "one two")], words_fit(0))
     assert packed.context == "" and packed.positions == ()
     assert pack([], words_fit(5)).positions == ()
+
+
+def test_best_last_keeps_the_same_passages_and_puts_the_best_next_to_the_question() -> None:
+    candidates = [(5, "a b c"), (2, "d e f g"), (9, "h"), (1, "i j")]
+    first = pack(candidates, words_fit(9))
+    last = pack(candidates, words_fit(9), best_last=True)
+    assert last.positions == first.positions == (5, 2)  # ranking order, as packed
+    assert last.context == "Passage: d e f g\nPassage: a b c\n"
+    assert last.context == format_passages(["a b c", "d e f g"], best_last=True)

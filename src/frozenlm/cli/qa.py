@@ -83,6 +83,12 @@ def _reader_options(parser: argparse.ArgumentParser) -> None:
         "--max-passages", type=int, default=None, help="at most this many passages per context"
     )
     parser.add_argument(
+        "--best-last",
+        action="store_true",
+        help="show the packed passages in reverse ranking order, the best right before the "
+        "question",
+    )
+    parser.add_argument(
         "--chat-template",
         action="store_true",
         help="wrap prompts in the backbone's chat template (off by default: measured worse)",
@@ -381,6 +387,7 @@ def _reader_config(args: argparse.Namespace) -> Any:
         method=args.method,
         shots=args.shots,
         max_passages=args.max_passages,
+        best_last=args.best_last,
         chat_template=args.chat_template,
     )
 

@@ -27,8 +27,11 @@ class Packed:
     """The first passage was cut to fit (no passage fitted whole)."""
 
 
-def format_passages(texts: Sequence[str]) -> str:
-    return "".join(PASSAGE_FORMAT.format(text=t) for t in texts)
+def format_passages(texts: Sequence[str], best_last: bool = False) -> str:
+    """The passages as the reader sees them, best first (or, with `best_last`, best right
+    before the question)."""
+    ordered = list(texts)[::-1] if best_last else texts
+    return "".join(PASSAGE_FORMAT.format(text=t) for t in ordered)
 
 
 def pack(
@@ -36,20 +39,22 @@ def pack(
     fits: Callable[[str], bool],
     *,
     max_passages: int | None = None,
+    best_last: bool = False,
 ) -> Packed:
     """Greedy packing of `candidates` ((corpus position, passage text), best first): each passage
     is added while `fits(context)` holds for the context with it, stopping at the first that
-    does not fit (or after `max_passages`)."""
+    does not fit (or after `max_passages`). The kept passages are shown best first, or with
+    `best_last` in reverse (the best right before the question)."""
     kept: list[tuple[int, str]] = []
     for position, text in candidates:
         if max_passages is not None and len(kept) >= max_passages:
             break
-        trial = format_passages([t for _, t in kept] + [text])
+        trial = format_passages([t for _, t in kept] + [text], best_last)
         if not fits(trial):
             break
         kept.append((position, text))
     if kept or not candidates or max_passages == 0:
-        return Packed(format_passages([t for _, t in kept]), tuple(p for p, _ in kept))
+        return Packed(format_passages([t for _, t in kept], best_last), tuple(p for p, _ in kept))
     position, text = candidates[0]
     words = text.split()
     low, high = 0, len(words)  # the longest fitting prefix has `low` words

@@ -48,6 +48,9 @@ class ReaderConfig:
     """Closed-book demonstrations from train for few-shot."""
     max_passages: int | None = None
     """At most this many passages per context (None: as many as fit)."""
+    best_last: bool = False
+    """Show the packed passages in reverse ranking order, the best right before the question
+    (small readers weigh what is nearest the question most)."""
     chat_template: bool = False
     """Off by measurement (see `method`): with the chat template the instruct model answers in
     sentences."""
@@ -140,7 +143,12 @@ class ContextPacker:
 
     def pack(self, example: QAExample, ranked: Sequence[int], corpus: Corpus) -> Packed:
         candidates = [(p, corpus[p].full_text) for p in ranked]
-        return pack(candidates, self.fits_for(example), max_passages=self.config.max_passages)
+        return pack(
+            candidates,
+            self.fits_for(example),
+            max_passages=self.config.max_passages,
+            best_last=self.config.best_last,
+        )
 
 
 def demo_examples(task: QATask) -> tuple[Example, ...]:
