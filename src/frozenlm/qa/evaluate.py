@@ -197,8 +197,7 @@ def evaluate_qa(
 ) -> QAReport:
     """Measure retrieval, re-ranking, packing and reading on `config.split` (see the module
     docstring). `plugin` (e.g. a soft prompt trained to read) conditions the reader."""
-    if index.corpus.fingerprint != task.corpus.fingerprint:
-        raise ConfigError(f"the index was built for another corpus than task '{task.name}'s")
+    index.check_serves(task.corpus, task.name)
     everything = list(task.split(config.split))
     if not everything:
         raise DataError(f"QA task '{task.name}' has no questions in its {config.split} split")

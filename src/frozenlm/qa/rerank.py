@@ -70,8 +70,7 @@ class RerankerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.fusion < 0:
-            raise ConfigError(f"re-ranker fusion must be >= 0 (0: none), got {self.fusion}")
+        check_fusion(self.fusion)
         if self.loss not in ("bce", "listwise"):
             raise ConfigError(f"re-ranker loss must be bce or listwise, not {self.loss!r}")
         for name in ("negatives", "mine_depth", "epochs", "batch_size", "max_length"):
@@ -82,6 +81,13 @@ class RerankerConfig:
             raise ConfigError(f"re-ranker questions must be >= 0, got {self.questions}")
         if not self.lr > 0:
             raise ConfigError(f"re-ranker lr must be positive, got {self.lr}")
+
+
+def check_fusion(k: int) -> int:
+    """`k` when it is a valid rank-fusion k (0: no fusion), else ConfigError."""
+    if k < 0:
+        raise ConfigError(f"re-ranker fusion must be >= 0 (0: none), got {k}")
+    return k
 
 
 def has_answer(text: str, answers: Sequence[str]) -> bool:
@@ -185,9 +191,7 @@ class Reranker:
         self.meta = meta or {}
         if fusion is None:
             fusion = int(self.meta.get("config", {}).get("fusion", RerankerConfig.fusion))
-        if fusion < 0:
-            raise ConfigError(f"re-ranker fusion must be >= 0 (0: none), got {fusion}")
-        self.fusion = fusion
+        self.fusion = check_fusion(fusion)
 
     def score(
         self, questions: Sequence[str], passages: Sequence[str], batch_size: int = 64

@@ -239,6 +239,11 @@ class Index:
     dense: Dense | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def check_serves(self, corpus: Corpus, task: str) -> None:
+        """ConfigError unless this index was built for `corpus` (that of the QA task `task`)."""
+        if self.corpus.fingerprint != corpus.fingerprint:
+            raise ConfigError(f"the index was built for another corpus than task '{task}'s")
+
     def retriever(self, name: str) -> Retriever:
         """ "bm25", "dense" or "hybrid"; ConfigError naming the missing part."""
         if name not in RETRIEVERS:
