@@ -374,6 +374,10 @@ class Backbone:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
     def dtype(self) -> torch.dtype:
         return self._embeddings.weight.dtype
 
@@ -407,8 +411,12 @@ class Backbone:
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         cache: DynamicCache | None = None,
+        *,
+        layer: int | None = None,
     ) -> torch.Tensor:
-        """Final hidden states [B, T, D] for `inputs_embeds` [B, T, D].
+        """Final hidden states [B, T, D] for `inputs_embeds` [B, T, D] (with `layer`, those
+        after that many decoder layers: 0 is the embeddings, -1 or the layer count the final,
+        normed states).
 
         `attention_mask` [B, past + T] covers cached and new positions (0 = padding), or is a
         4D block mask [B, 1, T, past + T] (`splice.pack_after`; see `takes_block_mask`);
@@ -426,8 +434,13 @@ class Backbone:
             position_ids=position_ids.to(self.device),
             cache=cache,
             use_cache=cache is not None,
+            output_hidden_states=layer is not None,
         )
-        return out.last_hidden_state
+        if layer is None or layer in (-1, self.num_layers):
+            return out.last_hidden_state
+        if not -self.num_layers <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} is outside this backbone's {self.num_layers} layers")
+        return out.hidden_states[layer]
 
     def _block_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """A 4D boolean mask [B, 1, T, past + T] (True: may attend) as this model's attention

@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_prompt_design(args: argparse.Namespace) -> int:
+    from frozenlm.compare.domain import load_compare_task
     from frozenlm.evaluation.evaluate import EvalConfig, evaluate
-    from frozenlm.tasks import load_task
 
     if not args.task:
         raise ConfigError("eval needs --task (or --plugin DIR, which knows its tasks)")
@@ -116,7 +116,7 @@ def _run_prompt_design(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
-    task = load_task(args.task, seed=args.seed)
+    task = load_compare_task(args.task, seed=args.seed)
     backbone = load_backbone(args)
     result = evaluate(backbone, task, config)
     report(result.headline(), result.to_json(), args.out)
@@ -125,6 +125,7 @@ def _run_prompt_design(args: argparse.Namespace) -> int:
 
 
 def _run_saved(args: argparse.Namespace) -> int:
+    from frozenlm.compare.domain import load_compare_task
     from frozenlm.evaluation.saved import evaluate_saved
 
     backbone = load_backbone(args)
@@ -137,6 +138,7 @@ def _run_saved(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         allow_other_backbone=args.allow_other_backbone,
+        loader=lambda ref, seed: load_compare_task(ref, seed=seed),
     )
     report(result.headline(), result.to_json(), args.out)
     record_eval(args, backbone, result.tasks, [r.to_json() for r in result.reports])

@@ -19,14 +19,22 @@ DESCRIPTION = (
     "Train one plug-in on the tasks named, in mixed-task batches. soft-prompt: one prompt per "
     "task (or one for all with --shared-prompt); prefix: a deep prompt, keys and values at every "
     "layer, per task; id-pt: one generator that writes each input's prompt from its instruction "
-    "and text. Each kind trains with its own measured recipe unless --optimizer, --lr, "
-    "--weight-decay or --warmup say otherwise."
+    "and text; recursion: the frozen model applied twice, pass 1's states written into pass 2's "
+    "input by a trained connector (--pretrain-lm bbc pre-trains one on language modelling, "
+    "--init-from starts task training from it). Each kind trains with its own measured recipe "
+    "unless --optimizer, --lr, --weight-decay or --warmup say otherwise."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
-    parser.add_argument("--task", required=True, help="task names or files, comma-separated")
+    parser.add_argument("--task", help="task names or files, comma-separated")
+    parser.add_argument(
+        "--pretrain-lm",
+        choices=["bbc"],
+        help="recursion: instead of a task, pre-train the connector on language modelling over "
+        "this packaged text (pass 1 reads a chunk, pass 2 must continue it)",
+    )
     parser.add_argument("--out", required=True, help="output folder (best/ and last/ checkpoints)")
     add_training_options(parser)
     add_backbone(parser)
@@ -35,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_training_options(parser: argparse.ArgumentParser, *, chat_template: bool = True) -> None:
     """The plug-in and training-loop options (`frozenlm train`, `frozenlm qa train-reader`);
     `chat_template` is the default of rendering training rows in the chat template."""
+    from frozenlm.plugins.connector import ConnectorConfig
     from frozenlm.plugins.prefix import PrefixConfig
     from frozenlm.plugins.prompt_generator import EncoderKind, PromptGeneratorConfig
     from frozenlm.plugins.protocol import SoftPosition
@@ -93,6 +102,46 @@ def add_training_options(parser: argparse.ArgumentParser, *, chat_template: bool
         type=int,
         default=PromptGeneratorConfig.layers,
         help="id-pt: decoder layers",
+    )
+    parser.add_argument(
+        "--connector-tokens",
+        type=int,
+        default=ConnectorConfig.tokens,
+        help="recursion: vectors the connector writes for pass 2",
+    )
+    parser.add_argument(
+        "--connector-width",
+        type=int,
+        default=ConnectorConfig.width,
+        help="recursion: the connector's attention width",
+    )
+    parser.add_argument(
+        "--connector-layers",
+        type=int,
+        default=ConnectorConfig.layers,
+        help="recursion: the connector's transformer layers",
+    )
+    parser.add_argument(
+        "--connector-heads",
+        type=int,
+        default=ConnectorConfig.heads,
+        help="recursion: the connector's attention heads",
+    )
+    parser.add_argument(
+        "--first-layer",
+        type=int,
+        default=ConnectorConfig.layer,
+        help="recursion: the pass-1 layer the connector reads (-1: the final states)",
+    )
+    parser.add_argument(
+        "--first-prompt",
+        help="recursion: a trained soft prompt (folder) pass 1 runs with, frozen; pass 2's "
+        "prompt starts from it",
+    )
+    parser.add_argument(
+        "--init-from",
+        help="recursion: start the connector's network from this saved connector (e.g. one "
+        "trained with --pretrain-lm)",
     )
     parser.add_argument(
         "--task-cap",
@@ -178,10 +227,12 @@ def add_training_options(parser: argparse.ArgumentParser, *, chat_template: bool
 def training_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig]:
     """(plug-in config JSON, training config) from the options `add_training_options` adds."""
     from frozenlm.codec import to_json
+    from frozenlm.plugins.connector import ConnectorConfig
     from frozenlm.plugins.prefix import PrefixConfig
     from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
     from frozenlm.plugins.registry import recipe
     from frozenlm.plugins.soft_prompt import SoftPromptConfig
+    from frozenlm.recursion.pretrain import CONTEXT_FIELD
     from frozenlm.training.config import TrainConfig
 
     given = {
@@ -208,6 +259,11 @@ def training_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainCo
     )
     if args.shared_prompt and args.method != "soft-prompt":
         raise ConfigError(f"--shared-prompt applies to soft prompts, not to {args.method}")
+    recursion_only = ("first_prompt", "init_from", "pretrain_lm")
+    for name in recursion_only:
+        if getattr(args, name, None) and args.method != "recursion":
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"{option} applies to --method recursion, not to {args.method}")
     if args.method == "id-pt":
         plugin_config = to_json(
             PromptGeneratorConfig(
@@ -216,6 +272,24 @@ def training_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainCo
                 width=args.generator_width,
                 layers=args.generator_layers,
                 position=args.position or PromptGeneratorConfig.position,
+            )
+        )
+    elif args.method == "recursion":
+        plugin_config = to_json(
+            ConnectorConfig(
+                tokens=args.connector_tokens,
+                prompt_length=SoftPromptConfig.length
+                if args.prompt_length is None
+                else args.prompt_length,
+                width=args.connector_width,
+                layers=args.connector_layers,
+                heads=args.connector_heads,
+                layer=args.first_layer,
+                position=args.position or ConnectorConfig.position,
+                chat_template=args.chat_template,
+                first_prompt=args.first_prompt,
+                context_field=CONTEXT_FIELD if getattr(args, "pretrain_lm", None) else None,
+                init_from=args.init_from,
             )
         )
     elif args.method == "prefix":
@@ -240,21 +314,39 @@ def training_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainCo
 
 
 def run(args: argparse.Namespace) -> int:
-    from frozenlm.training.loop import train_plugin
+    from frozenlm.compare.domain import load_compare_task
+    from frozenlm.training.loop import train_new_plugin
 
     check_output_folder(args.out)
+    if bool(args.task) == bool(args.pretrain_lm):
+        raise ConfigError("name the tasks to train on with --task, or pre-train with --pretrain-lm")
     plugin_config, config = training_settings(args)
     backbone = load_backbone(args)
-    result = train_plugin(
-        backbone,
-        args.task.split(","),
-        args.method,
-        plugin_config,
-        config,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
+    if args.pretrain_lm:
+        from frozenlm.recursion.pretrain import pretrain_connector
+
+        result = pretrain_connector(
+            backbone,
+            args.pretrain_lm,
+            plugin_config,
+            config,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    else:
+        refs = args.task.split(",")
+        result = train_new_plugin(
+            backbone,
+            [load_compare_task(ref, seed=config.seed) for ref in refs],
+            refs,
+            args.method,
+            plugin_config,
+            config,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
     print(
         f"best dev {result.best_metric:.4f} at step {result.best_step} "
         f"({result.steps_done} steps{', stopped early' if result.stopped_early else ''}, "

@@ -19,6 +19,7 @@ from frozenlm.codec import to_json
 from frozenlm.devices import seeded_rng
 from frozenlm.evaluation.evaluate import EvalConfig, Report
 from frozenlm.plugins.checkpoint import load_checkpoint, save_checkpoint
+from frozenlm.plugins.connector import ConnectorConfig
 from frozenlm.plugins.prefix import PrefixConfig
 from frozenlm.plugins.prompt_generator import PromptGeneratorConfig
 from frozenlm.plugins.protocol import Plugin
@@ -461,6 +462,9 @@ METHODS: dict[str, Method] = {
     "full-ft": FullFineTuning(),
     # Levine et al. 2022: a generator writes each input's prompt (here trained on one task).
     "id-pt": TrainedPlugin("id-pt", to_json(PromptGeneratorConfig())),
+    # Levine et al. 2022: the frozen model twice, pass 1's states written into pass 2 by a
+    # trained 2-layer connector (here from scratch, without a pass-1 prompt or pre-training).
+    "recursion": TrainedPlugin("recursion", to_json(ConnectorConfig())),
     "plugin": PluginAlone(),
     "supericl": SuperICLMethod(),
 }

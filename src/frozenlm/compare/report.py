@@ -25,6 +25,7 @@ METHOD_ORDER = (
     "lora",
     "full-ft",
     "id-pt",
+    "recursion",
     "plugin",
     "supericl",
 )

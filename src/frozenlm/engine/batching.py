@@ -11,7 +11,8 @@ instruction, fixed demonstrations). That is run once into a `PrefixCache`; each 
 its own pieces. Rows without a key/value prefix among rows with one get an empty one.
 `score_rows` and `generate_rows` are the one batch loop of evaluation, mixed batches, ensembles
 and SuperICL: length-sorted batches within a token budget, progress bar, results in the rows'
-order.
+order; `hidden_rows` is the same loop returning each row's hidden states (a recursive LM's first
+pass).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from frozenlm.backbone import Backbone
-from frozenlm.engine.generation import GenerationConfig, generate
+from frozenlm.engine.generation import Generation, GenerationConfig, generate_detailed
 from frozenlm.engine.prefix_cache import PrefixCache, common_prefix_length
 from frozenlm.engine.scoring import CandidateScores, ScoreRequest, score_batch
-from frozenlm.engine.splice import Piece
+from frozenlm.engine.splice import Piece, splice
 from frozenlm.progress import progress
 
 MIN_SHARED_TOKENS = 8
@@ -213,15 +214,73 @@ def generate_rows(
     desc: str = "generate",
 ) -> list[str]:
     """Greedy continuation of each row (see `generate`), in batches within `budget`."""
+    made = generate_rows_detailed(backbone, rows, config, budget, share_text=share_text, desc=desc)
+    return [g.text for g in made]
+
+
+def generate_rows_detailed(
+    backbone: Backbone,
+    rows: Sequence[Row],
+    config: GenerationConfig,
+    budget: BatchBudget = BatchBudget(),
+    *,
+    share_text: bool = True,
+    desc: str = "generate",
+) -> list[Generation]:
+    """`generate_rows`, keeping each row's tokens and their log-probabilities."""
     layout = lay_out(backbone, rows, share_text=share_text)
     lengths = [n + config.max_new_tokens for n in layout.lengths()]
-    out = [""] * len(rows)
+    out: list[Generation | None] = [None] * len(rows)
     batches = token_budget_batches(lengths, budget.tokens, budget.rows)
     with progress(total=len(rows), desc=desc, unit="ex", leave=False) as bar:
         for batch in batches:
             prefixes = [layout.pieces[i] for i in batch]
-            texts = generate(backbone, prefixes, config, layout.prefix_for(batch))
-            for i, text in zip(batch, texts, strict=True):
-                out[i] = text
+            made = generate_detailed(backbone, prefixes, config, layout.prefix_for(batch))
+            for i, generation in zip(batch, made, strict=True):
+                out[i] = generation
             bar.update(len(batch))
-    return out
+    return [g for g in out if g is not None]
+
+
+@torch.no_grad()
+def hidden_rows(
+    backbone: Backbone,
+    rows: Sequence[Row],
+    keep: Sequence[int],
+    layer: int = -1,
+    budget: BatchBudget = BatchBudget(),
+    *,
+    desc: str = "first pass",
+) -> list[torch.Tensor]:
+    """The hidden states [keep[i], D] after `layer` layers of the last `keep[i]` positions of
+    each row, in batches within `budget`, without gradients.
+
+    Only soft tokens shared by every row (and the text before them) are computed once, never
+    text the rows merely happen to share: a row's states then depend on that row alone, not on
+    the rows it was batched with (a cache of them stays valid)."""
+    layout = lay_out(backbone, rows, share_text=False)
+    lengths = layout.lengths()
+    for i, (length, wanted) in enumerate(zip(lengths, keep, strict=True)):
+        if not 0 < wanted <= length:
+            raise ValueError(f"row {i} computes {length} positions of its own, not {wanted}")
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    batches = token_budget_batches(lengths, budget.tokens, budget.rows)
+    with progress(total=len(rows), desc=desc, unit="ex", leave=False) as bar:
+        for batch in batches:
+            spliced = splice(backbone, [layout.pieces[i] for i in batch])
+            prefix = layout.prefix_for(batch)
+            cache = None
+            if prefix is not None:
+                spliced = prefix.after(spliced)
+                cache = prefix.expand(backbone, len(batch))
+            states = backbone.forward(
+                spliced.embeds,
+                spliced.attention_mask,
+                spliced.position_ids,
+                cache,
+                layer=layer,
+            )  # [B, T, D], left-padded: each row's last positions are its own
+            for b, i in enumerate(batch):
+                out[i] = states[b, states.shape[1] - keep[i] :].clone()
+            bar.update(len(batch))
+    return [s for s in out if s is not None]

@@ -1,4 +1,5 @@
-"""Greedy decoding with a KV cache, stop sequences and a max-new-tokens limit.
+"""Greedy decoding (or sampling at a temperature) with a KV cache, stop sequences and a
+max-new-tokens limit.
 
 Prefixes are rows of pieces (token ids and soft tokens, see `splice`), so a soft prompt or a
 generated prompt decodes the same way as plain text. Each step feeds one token per row and
@@ -30,6 +31,14 @@ class GenerationConfig:
     (a reference for tests)."""
     top_logprobs: int = 0
     """Keep the log-probabilities of this many most likely tokens at every step (0: none)."""
+    temperature: float = 0.0
+    """0: greedy; above 0: sample each token from the softmax of the logits / temperature."""
+    seed: int = 0
+    """Seed of sampling (a generator of its own: the caller's RNG is untouched)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
 
 
 @dataclass
@@ -79,7 +88,8 @@ def generate_detailed(
     shared: PrefixCache | None = None,
 ) -> list[Generation]:
     """`generate`, keeping each generated token and its log-probability (and the most likely
-    alternatives when `config.top_logprobs` > 0)."""
+    alternatives when `config.top_logprobs` > 0). With `config.temperature` > 0 tokens are
+    sampled; their log-probabilities are still those of the untempered model."""
     batch = splice(backbone, prefixes)
     if shared is not None:
         if not config.use_cache:
@@ -93,12 +103,20 @@ def generate_detailed(
     cache = backbone.new_cache() if config.use_cache else None
     if shared is not None:
         cache = shared.expand(backbone, rows)
+    sampler = None
+    if config.temperature > 0:
+        sampler = torch.Generator(device=backbone.device).manual_seed(config.seed)
     embeds, mask, positions = batch.embeds, batch.attention_mask, batch.position_ids
     hidden = backbone.forward(embeds, mask, positions, cache)
     next_positions = batch.lengths.unsqueeze(1)  # [B, 1]
     for _ in range(config.max_new_tokens):
-        logprobs = torch.log_softmax(backbone.lm_logits(hidden[:, -1]), dim=-1)  # [B, V]
-        tokens = logprobs.argmax(dim=-1)  # [B]
+        logits = backbone.lm_logits(hidden[:, -1])  # [B, V]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if sampler is None:
+            tokens = logprobs.argmax(dim=-1)  # [B]
+        else:
+            probs = torch.softmax(logits / config.temperature, dim=-1)
+            tokens = torch.multinomial(probs, 1, generator=sampler).squeeze(1)
         top = logprobs.topk(config.top_logprobs, dim=-1) if config.top_logprobs else None
         for b in range(rows):
             if done[b]:

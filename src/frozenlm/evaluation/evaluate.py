@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from frozenlm.backbone import Backbone
-from frozenlm.engine.batching import BatchBudget, Row, generate_rows, score_rows
+from frozenlm.engine.batching import BatchBudget, Row, generate_rows_detailed, score_rows
 from frozenlm.engine.generation import GenerationConfig
 from frozenlm.errors import ConfigError, DataError
 from frozenlm.evaluation.calibration import (
@@ -243,6 +243,13 @@ def prompt_rows(
     return [c.row(p.ids, p.input_start) for p, c in zip(prompts, conditioning, strict=True)]
 
 
+def row_positions(row: Row) -> int:
+    """Positions the backbone computes for a row's prompt: its ids, soft tokens and key/value
+    prefix (what an answer costs, before any generated token)."""
+    soft = 0 if row.soft is None else int(row.soft.shape[0])
+    return len(row.ids) + soft + (0 if row.kv is None else row.kv.length)
+
+
 def score_prompts(
     backbone: Backbone,
     rows: Sequence[Row],
@@ -434,8 +441,14 @@ def _finish_classification(
         "majority_label": majority,
     }
     report.predictions = [
-        {"id": ex.id, "gold": g, "predicted": p, "scores": [round(float(s), 4) for s in row]}
-        for ex, g, p, row in zip(examples, gold, predicted, scores, strict=True)
+        {
+            "id": ex.id,
+            "gold": g,
+            "predicted": p,
+            "scores": [round(float(s), 4) for s in row],
+            "positions": row_positions(prompt_row),
+        }
+        for ex, g, p, row, prompt_row in zip(examples, gold, predicted, scores, rows, strict=True)
     ]
 
 
@@ -513,7 +526,8 @@ def _finish_generation(
     stop = ("\n\n",) if config.chain_of_thought else ("\n",)
     gen_config = GenerationConfig(max_new_tokens=max_new, stop=stop)
     desc = f"{report.task} generate"
-    outputs = generate_rows(backbone, rows, gen_config, config.budget(), desc=desc)
+    made = generate_rows_detailed(backbone, rows, gen_config, config.budget(), desc=desc)
+    outputs = [g.text for g in made]
     answers = [prompter.extract_answer(text) for text in outputs]
     refs = [ex.answers or (ex.label,) for ex in examples]
     em = [exact_match(a, r) for a, r in zip(answers, refs, strict=True)]
@@ -523,6 +537,14 @@ def _finish_generation(
         "f1": bootstrap(f1, seed=config.seed),
     }
     report.predictions = [
-        {"id": ex.id, "gold": list(r), "generated": out, "answer": a}
-        for ex, r, out, a in zip(examples, refs, outputs, answers, strict=True)
+        {
+            "id": ex.id,
+            "gold": list(r),
+            "generated": out,
+            "answer": a,
+            # the mean log-probability of the generated tokens: the answer's confidence
+            "logprob": round(sum(g.logprobs) / len(g.logprobs), 4) if g.logprobs else 0.0,
+            "positions": row_positions(row) + len(g.tokens),
+        }
+        for ex, r, out, a, g, row in zip(examples, refs, outputs, answers, made, rows, strict=True)
     ]

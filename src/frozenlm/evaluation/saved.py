@@ -9,7 +9,7 @@ evaluated as a prompt ensemble.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +67,13 @@ def evaluate_saved(
     max_new_tokens: int = EvalConfig.max_new_tokens,
     seed: int = EvalConfig.seed,
     allow_other_backbone: bool = False,
+    loader: Callable[[str, int], Task] = load_task,
 ) -> SavedReports:
     """Evaluate the plug-in saved in `folder` on `tasks` (default: every task it was trained
     for). A plug-in that serves any task (an ID-PT generator, a shared soft prompt) may also be
     given tasks it was not trained for; `seed` is the evaluation's, the split seed is the
-    training run's."""
+    training run's. `loader` (reference, split seed) -> task loads the tasks (the CLI's also
+    knows the QA text tasks)."""
     plugin, checkpoint = load_plugin(folder, backbone, allow_other_backbone=allow_other_backbone)
     sources: dict[str, str] = checkpoint.meta["task_sources"]
     train_config = checkpoint.meta.get("train_config", {})
@@ -90,7 +92,7 @@ def evaluate_saved(
             )
     loaded = []
     for ref in refs:
-        task = load_task(sources.get(ref, ref), seed=train_config.get("seed", 0))
+        task = loader(sources.get(ref, ref), train_config.get("seed", 0))
         if task.name not in sources and not plugin.serves_any_task:
             raise ConfigError(
                 f"the plug-in in '{folder}' was trained for {', '.join(sources)}, not "

@@ -11,6 +11,7 @@ from frozenlm.backbone import Backbone
 from frozenlm.codec import from_json
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.checkpoint import Checkpoint, load_checkpoint
+from frozenlm.plugins.connector import Connector, ConnectorConfig
 from frozenlm.plugins.prefix import DeepPrompt, PrefixConfig
 from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
 from frozenlm.plugins.protocol import Plugin, SoftPosition
@@ -81,6 +82,18 @@ def _restore_prefix(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
     )
 
 
+def _build_connector(
+    config: Mapping[str, Any], backbone: Backbone, specs: Sequence[TaskSpec], seed: int
+) -> Plugin:
+    connector_config = from_json(ConnectorConfig, config, "connector config")
+    return Connector.from_config(connector_config, backbone, specs, seed)
+
+
+def _restore_connector(checkpoint: Checkpoint, backbone: Backbone) -> Plugin:
+    config = from_json(ConnectorConfig, checkpoint.meta["plugin_config"], "connector config")
+    return Connector.from_tensors(checkpoint.tensors, config, backbone)
+
+
 PLUGINS: dict[str, PluginMethod] = {
     "soft-prompt": PluginMethod(
         build=_build_soft_prompt,
@@ -94,6 +107,12 @@ PLUGINS: dict[str, PluginMethod] = {
     "prefix": PluginMethod(
         build=_build_prefix,
         restore=_restore_prefix,
+        recipe={"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0},
+    ),
+    # the pass-2 prompts at the soft prompt's rate, the network at a tenth of it
+    "recursion": PluginMethod(
+        build=_build_connector,
+        restore=_restore_connector,
         recipe={"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0},
     ),
 }

@@ -54,7 +54,7 @@ def _read_sentiment(path: Path) -> Iterator[Row]:
                 yield {"text": _clean(record["text"])}, record["category"]
 
 
-def _decode_bbc(path: Path) -> str:
+def decode_bbc(path: Path) -> str:
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
@@ -74,7 +74,7 @@ TOPIC_FOLDERS = {
 def _read_topic(folder: Path) -> Iterator[Row]:
     for name, label in TOPIC_FOLDERS.items():
         for path in sorted((folder / name).glob("*.txt")):
-            title, _, body = _decode_bbc(path).strip().partition("\n")
+            title, _, body = decode_bbc(path).strip().partition("\n")
             words = body.split()
             text = " ".join(words[:TOPIC_BODY_WORDS])
             if len(words) > TOPIC_BODY_WORDS:

@@ -474,16 +474,47 @@ def train_plugin(
     the result is that of an uninterrupted run of that many steps (the data order is a pure
     function of (seed, step)), except that a saved run whose last step is not a multiple of
     `eval_every` keeps the dev evaluation it made there."""
-    from frozenlm.plugins.registry import new_plugin, plugin_meta, plugin_method
+    from frozenlm.plugins.registry import plugin_method
     from frozenlm.tasks import load_task
 
     out = check_output_folder(out, "out")
     plugin_method(method)  # an unknown method is refused before any work
-    found = check_run_folder(out, resume=resume, overwrite=overwrite)
+    check_run_folder(out, resume=resume, overwrite=overwrite)
     tasks = [load_task(ref, seed=config.seed) for ref in task_refs]
+    return train_new_plugin(
+        backbone,
+        tasks,
+        task_refs,
+        method,
+        plugin_config,
+        config,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
+def train_new_plugin(
+    backbone: Backbone,
+    tasks: Sequence[Task],
+    sources: Sequence[str],
+    method: str,
+    plugin_config: dict[str, Any],
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> TrainResult:
+    """`train_plugin` for tasks already loaded (`sources` says where each came from)."""
+    from frozenlm.plugins.registry import new_plugin, plugin_meta, plugin_method
+
+    out = check_output_folder(out, "out")
+    plugin_method(method)
+    found = check_run_folder(out, resume=resume, overwrite=overwrite)
     if len({t.name for t in tasks}) != len(tasks):
         raise ConfigError("each task may be named only once in --task")
-    meta = plugin_meta(method, plugin_config, backbone, tasks, task_refs)
+    meta = plugin_meta(method, plugin_config, backbone, tasks, sources)
     if resume:
         saved = load_training_state(out / "last")
         if saved is not None:
