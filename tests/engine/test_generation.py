@@ -56,3 +56,16 @@ def test_embedded_model_answers_a_simple_question(embedded: Backbone) -> None:
         GenerationConfig(max_new_tokens=16),
     )
     assert "Paris" in out[0]
+
+
+def test_sampling_is_seeded_and_greedy_at_temperature_zero(tiny: Backbone) -> None:
+    from frozenlm.engine.generation import GenerationConfig, generate_detailed
+
+    rows = [[[5, 6, 7]], [[8, 9]]]
+    greedy = generate_detailed(tiny, rows, GenerationConfig(max_new_tokens=6, stop=()))
+    hot = GenerationConfig(max_new_tokens=6, stop=(), temperature=5.0, seed=3)
+    first = generate_detailed(tiny, rows, hot)
+    assert [g.tokens for g in first] == [g.tokens for g in generate_detailed(tiny, rows, hot)]
+    assert [g.tokens for g in first] != [g.tokens for g in greedy]
+    cold = GenerationConfig(max_new_tokens=6, stop=(), temperature=0.0)
+    assert [g.tokens for g in generate_detailed(tiny, rows, cold)] == [g.tokens for g in greedy]

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from frozenlm.cli import compare, models, peft, qa, records, supericl, tasks, train
+from frozenlm.cli import compare, models, peft, qa, records, recursion, supericl, tasks, train
 from frozenlm.cli import eval as eval_
 from frozenlm.errors import FrozenLMError
 
@@ -70,6 +70,11 @@ COMMANDS: dict[str, Command] = {
         "open-domain QA with a frozen reader: get nq, index, train-reranker, eval, ask",
         qa.add_arguments,
         qa.run,
+    ),
+    "recursion": Command(
+        "the recursive LM's baselines: textual recursion, selective recursion's curve",
+        recursion.add_arguments,
+        recursion.run,
     ),
     "runs": Command(
         "list the run records (train, eval, compare)", records.add_runs_arguments, records.run_runs

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
+from torch import nn
 
 from frozenlm.assets import cache_dir
 from frozenlm.atomic import atomic_write_bytes
@@ -161,7 +162,7 @@ class FirstPass:
         layer: int,
         max_tokens: int,
         chat_template: bool,
-        prompts: Mapping[str, torch.Tensor],
+        prompts: Mapping[str, torch.Tensor] | nn.ParameterDict,
         position: SoftPosition,
         context_field: str | None = None,
         cache: StateCache | None = None,

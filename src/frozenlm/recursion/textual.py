@@ -182,7 +182,7 @@ def textual_recursion(
     task: Task,
     out: str | Path,
     config: TextualConfig = TextualConfig(),
-    train_config: TrainConfig = TrainConfig(),
+    train_config: TrainConfig | None = None,
     plugin_config: dict[str, Any] | None = None,
     *,
     test_limit: int | None = None,
@@ -193,6 +193,7 @@ def textual_recursion(
     import time
 
     out = Path(out)
+    train_config = train_config or TrainConfig()
     first, checkpoint = load_plugin(first_prompt, backbone)
     if task.name not in checkpoint.meta.get("tasks", {}) and not first.serves_any_task:
         raise ConfigError(f"first-prompt '{first_prompt}' was not trained for task '{task.name}'")
