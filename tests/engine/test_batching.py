@@ -155,3 +155,24 @@ def test_generation_in_batches_equals_each_row_alone(tiny: Backbone) -> None:
     batched = generate_rows(tiny, rows, config, BatchBudget(rows=2))
     alone = [generate(tiny, [[prompt, row.ids]], config)[0] for row in rows]
     assert batched == alone
+
+
+def test_text_before_rows_own_soft_tokens_is_shared_with_the_same_scores(tiny: Backbone) -> None:
+    g = torch.Generator().manual_seed(5)
+    head = _ids(tiny, "Classify the sentiment of the review that follows, please.\n")
+    rows = [
+        Row(
+            head + _ids(tiny, q),
+            torch.randn(i + 2, tiny.hidden_size, generator=g),
+            soft_at=len(head),
+        )
+        for i, q in enumerate(INPUTS)
+    ]
+    layout = lay_out(tiny, rows)
+    assert layout.shared is not None and layout.shared.length == len(head)
+    assert all(isinstance(p[0], torch.Tensor) for p in layout.pieces)  # each row's own tokens first
+    scores = score_rows(tiny, rows, CANDIDATES, BatchBudget(tokens=4096, rows=2))
+    for got, want in zip(scores, _alone(tiny, rows), strict=True):
+        torch.testing.assert_close(got.logprobs, want, atol=1e-4, rtol=0)
+    alone = lay_out(tiny, rows, share_text=False)
+    assert alone.shared is None  # what the first pass asks for: nothing shared between inputs

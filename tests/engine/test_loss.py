@@ -122,3 +122,23 @@ def test_a_packed_row_sees_the_prefix_and_itself_only(tiny: Backbone) -> None:
     ]
     assert packed.position_ids.tolist() == [[2, 3, 4, 2, 3, 4]]  # after 2 real prefix columns
     assert packed.labels.tolist() == [[-100, -100, 8, -100, 9, 10]]
+
+
+def test_rows_with_own_soft_tokens_after_shared_text_have_the_padded_loss(tiny: Backbone) -> None:
+    g = torch.Generator().manual_seed(6)
+    head = tiny.tokenizer.encode("Answer the question that follows.\n", add_special_tokens=False)
+    tails = [tiny.tokenizer.encode(t, add_special_tokens=False) for t in ("Sky?", "Fish fly?")]
+    softs = [torch.randn(2 + i, tiny.hidden_size, generator=g, requires_grad=True) for i in (0, 1)]
+    rows = [Row(head + t, s, soft_at=len(head)) for t, s in zip(tails, softs, strict=True)]
+    targets = [[11, 12], [13]]
+    assert lay_out(tiny, rows, min_text=1).shared is not None  # the head runs once
+    shared = batch_loss(tiny, rows, targets)
+    padded = splice(tiny, [[head, s, t] for s, t in zip(softs, tails, strict=True)], targets)
+    hidden = tiny.forward(padded.embeds, padded.attention_mask, padded.position_ids)
+    assert padded.labels is not None
+    reference = target_loss(tiny, hidden, padded.labels)
+    torch.testing.assert_close(shared, reference, atol=1e-5, rtol=0)
+    grads = torch.autograd.grad(shared, softs)
+    want = torch.autograd.grad(reference, softs)
+    for got, expected in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

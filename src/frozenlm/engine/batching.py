@@ -5,9 +5,10 @@ place in its ids (a soft prompt, a generated prompt) and/or a per-layer key/valu
 prompt). Rows of one call may carry different conditioning (mixed tasks and plug-ins).
 
 `lay_out` finds what all rows start with: the same key/value prefix, the same soft tokens (the
-same tensor object at the same place after the same text: one task's soft prompt) and, when no
-row has soft tokens of its own, the text all prompts have in common (chat template,
-instruction, fixed demonstrations). That is run once into a `PrefixCache`; each row keeps only
+same tensor object at the same place after the same text: one task's soft prompt) and the text
+all prompts have in common (chat template, instruction, fixed demonstrations), up to the first
+soft tokens when rows carry soft tokens of their own (an input-dependent prompt, a connector's
+vectors, right before the input). That is run once into a `PrefixCache`; each row keeps only
 its own pieces. Rows without a key/value prefix among rows with one get an empty one.
 `score_rows` and `generate_rows` are the one batch loop of evaluation, mixed batches, ensembles
 and SuperICL: length-sorted batches within a token budget, progress bar, results in the rows'
@@ -124,7 +125,11 @@ def lay_out(
     own_soft = any(s is not None for s in softs) and not shared_soft
     end = at if shared_soft else 0  # shared text ends here...
     if share_text and shared_kv and not own_soft and common - end >= min_text:
-        end = common  # ...or after all the text every row starts with
+        end = common  # ...or after all the text every row starts with...
+    if share_text and shared_kv and own_soft:  # ...or before the first row's own soft tokens
+        before = min(row.soft_at if row.soft is not None else len(row.ids) for row in rows)
+        if min(before, common) >= min_text:
+            end = min(before, common)
     prefix: list[Piece] = []
     if end or shared_soft:
         head = list(first.ids[:at]) if shared_soft else []
@@ -142,8 +147,9 @@ def lay_out(
     for row in rows:
         if shared_soft or row.soft is None:
             pieces.append([list(row.ids[end:])])
-        else:
-            pieces.append(row.pieces())
+        else:  # its own soft tokens, after the shared text (which ends at or before them)
+            head = list(row.ids[end : row.soft_at])
+            pieces.append([*([head] if head else []), row.soft, list(row.ids[row.soft_at :])])
     if shared_kv:
         return Layout(shared, pieces, None)
     model = next(kv for kv in kvs if kv is not None)
