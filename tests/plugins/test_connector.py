@@ -132,3 +132,19 @@ def test_bad_configs_are_refused() -> None:
         ConnectorConfig(width=10, heads=4)
     with pytest.raises(ConfigError, match="tokens"):
         ConnectorConfig(tokens=0)
+
+
+def test_joined_by_adding_an_untrained_connector_is_its_first_prompt(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    prompt = tmp_path / "sp"
+    config = {"length": 3, "position": "input"}
+    train_plugin(tiny, ["sentiment"], "soft-prompt", config, QUICK, prompt)
+    soft, _ = load_plugin(prompt, tiny)
+    connector = _connector(tiny, first_prompt=str(prompt), join="add", prompt_length=3)
+    task = load_task("sentiment")
+    (made,) = connector.condition(task.spec, list(task.train[:1]))
+    assert made.soft is not None
+    assert torch.equal(made.soft, soft.prompts["sentiment"])  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="must equal"):
+        ConnectorConfig(join="add", tokens=4, prompt_length=3)

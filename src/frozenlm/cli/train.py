@@ -134,6 +134,13 @@ def add_training_options(parser: argparse.ArgumentParser, *, chat_template: bool
         help="recursion: the pass-1 layer the connector reads (-1: the final states)",
     )
     parser.add_argument(
+        "--connector-join",
+        choices=["append", "add"],
+        default=ConnectorConfig.join,
+        help="recursion: the connector's vectors after the pass-2 prompt, or added onto it "
+        "(then --connector-tokens must equal --prompt-length)",
+    )
+    parser.add_argument(
         "--first-prompt",
         help="recursion: a trained soft prompt (folder) pass 1 runs with, frozen; pass 2's "
         "prompt starts from it",
@@ -290,6 +297,7 @@ def training_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainCo
                 first_prompt=args.first_prompt,
                 context_field=CONTEXT_FIELD if getattr(args, "pretrain_lm", None) else None,
                 init_from=args.init_from,
+                join=args.connector_join,
             )
         )
     elif args.method == "prefix":

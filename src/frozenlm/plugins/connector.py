@@ -11,8 +11,9 @@ runs without gradients.
 
 The connector's output starts as a learned base (token embeddings of common words) and its
 projection at zero, so an untrained connector is a soft prompt of P + N tokens: training starts
-from one-pass prompt tuning and learns what pass 1 should add. With a pass-1 prompt, the pass-2
-prompt starts as a copy of it. `init_from` starts the network from a saved connector (one
+from one-pass prompt tuning and learns what pass 1 should add. With `join="add"` its vectors are
+added onto the pass-2 prompt instead (base zero), so it starts exactly at that prompt. With a
+pass-1 prompt, the pass-2 prompt starts as a copy of it. `init_from` starts the network from a saved connector (one
 pre-trained on language modelling: pass 1 reads a text, pass 2 must continue it).
 """
 
@@ -68,6 +69,10 @@ class ConnectorConfig:
     pass 2, which does not see it, must continue)."""
     init_from: str | None = None
     """A saved connector whose network (not its prompts) this one starts from."""
+    join: str = "append"
+    """How the connector's vectors meet the pass-2 prompt: "append" after it (P + N soft tokens,
+    the paper's layout), or "add" onto it (N = P: an untrained connector then leaves the prompt
+    exactly as it is, so a connector started from the one-pass prompt starts at its result)."""
     network_lr_scale: float = 0.1
     """The network's learning rate as a fraction of the prompts' (AdamW 1e-2 -> 1e-3, a usual
     rate for a small transformer)."""
@@ -84,6 +89,13 @@ class ConnectorConfig:
         if self.width % self.heads:
             raise ConfigError(
                 f"connector width {self.width} is not divisible by {self.heads} heads"
+            )
+        if self.join not in ("append", "add"):
+            raise ConfigError(f"connector join must be append or add, got {self.join!r}")
+        if self.join == "add" and self.tokens != self.prompt_length:
+            raise ConfigError(
+                f"join add writes onto the pass-2 prompt, so tokens ({self.tokens}) must equal "
+                f"prompt-length ({self.prompt_length})"
             )
         if self.network_lr_scale <= 0:
             raise ConfigError("connector network-lr-scale must be positive")
@@ -167,7 +179,7 @@ class Connector(nn.Module):
             vocab = SoftPromptConfig(length=config.tokens, init=PromptInit.VOCAB)
             base = initial_prompt(backbone, vocab, [], seed + len(specs))
         with torch.no_grad():
-            connector.base.copy_(base)
+            connector.base.copy_(base if config.join == "append" else torch.zeros_like(base))
         if config.init_from is not None:
             connector.load_network(config.init_from, backbone)
         return connector
@@ -243,6 +255,8 @@ class Connector(nn.Module):
         prompt = self.prompt(task.name)  # [P, D]
         written = self(self.first.states(task, examples))  # [B, N, D]
         position = self.config.position
+        if self.config.join == "add":
+            return [Conditioning(prompt + w, position=position) for w in written]
         return [Conditioning(torch.cat([prompt, w]), position=position) for w in written]
 
     def first_positions(self, task: TaskSpec, examples: Sequence[Example]) -> list[int]:
