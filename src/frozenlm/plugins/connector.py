@@ -1,20 +1,19 @@
 """The recursive LM's connector (Levine et al., AI21 2022, "neural recursion"): the frozen model
 applied twice.
 
-Pass 1: the frozen backbone reads the input (with an optional frozen soft prompt, e.g. the
-saturated one-pass prompt of the task); its hidden states after a chosen layer are cached
-(`pass_one`). The connector, a small transformer (N learned queries that attend to themselves
-and to pass 1's states, two layers by default), writes N vectors in the backbone's input
-embedding space. Pass 2: the same frozen backbone reads [pass-2 soft prompt | connector's N
-vectors | the prompt] and answers. Only the connector and the pass-2 prompts train; pass 1
-runs without gradients.
+Pass 1: the frozen backbone reads the input (with an optional frozen soft prompt, e.g. the saturated
+one-pass prompt of the task); its hidden states after a chosen layer are cached (`pass_one`). The
+connector, a small transformer (N learned queries that attend to themselves and to pass 1's states,
+two layers by default), writes N vectors in the backbone's input embedding space. Pass 2: the same
+frozen backbone reads [pass-2 soft prompt | connector's N vectors | the prompt] and answers. Only
+the connector and the pass-2 prompts train; pass 1 runs without gradients.
 
 The connector's output starts as a learned base (token embeddings of common words) and its
-projection at zero, so an untrained connector is a soft prompt of P + N tokens: training starts
-from one-pass prompt tuning and learns what pass 1 should add. With `join="add"` its vectors are
-added onto the pass-2 prompt instead (base zero), so it starts exactly at that prompt. With a
-pass-1 prompt, the pass-2 prompt starts as a copy of it. `init_from` starts the network from a saved connector (one
-pre-trained on language modelling: pass 1 reads a text, pass 2 must continue it).
+projection at zero, so an untrained connector is a soft prompt of P + N tokens: training starts from
+one-pass prompt tuning and learns what pass 1 should add. With `join="add"` its vectors are added
+onto the pass-2 prompt instead (base zero), so it starts exactly at that prompt. With a pass-1
+prompt, the pass-2 prompt starts as a copy of it. `init_from` starts the network from a saved
+connector (one pre-trained on language modelling: pass 1 reads a text, pass 2 must continue it).
 """
 
 from __future__ import annotations
