@@ -145,6 +145,14 @@ def _json_bytes(path: Path, data: Any) -> bytes:
 
 
 # ------------------------------------------------------------------------------------ reading
+def checkpoint_folder(path: str | Path) -> Path:
+    """A checkpoint folder, or the `best/` checkpoint inside a training output folder."""
+    folder = Path(path)
+    if (folder / "best" / "plugin.json").is_file() and not (folder / "plugin.json").is_file():
+        return folder / "best"
+    return folder
+
+
 def load_checkpoint(
     folder: str | Path,
     *,

@@ -28,7 +28,7 @@ from torch import nn
 from frozenlm.backbone import Backbone
 from frozenlm.devices import seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError
-from frozenlm.plugins.checkpoint import load_checkpoint
+from frozenlm.plugins.checkpoint import checkpoint_folder, load_checkpoint
 from frozenlm.plugins.pass_one import FirstPass, StateCache
 from frozenlm.plugins.protocol import Conditioning, SoftPosition, count_trainable
 from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, initial_prompt
@@ -205,7 +205,7 @@ class Connector(nn.Module):
 
     def load_network(self, path: str, backbone: Backbone) -> None:
         """Copy a saved connector's network (not its prompts) into this one."""
-        checkpoint = load_checkpoint(path, backbone=backbone)
+        checkpoint = load_checkpoint(checkpoint_folder(path), backbone=backbone)
         if checkpoint.meta.get("kind") != self.method:
             raise ConfigError(
                 f"init-from '{path}' holds a {checkpoint.meta.get('kind')!r} plug-in, not a "
@@ -285,8 +285,6 @@ def read_first_prompt(
     refused when it was trained for another backbone, place, rendering or task set."""
     if config.first_prompt is None:
         return {}
-    from frozenlm.plugins.registry import checkpoint_folder
-
     checkpoint = load_checkpoint(checkpoint_folder(config.first_prompt), backbone=backbone)
     source = f"first-prompt '{config.first_prompt}'"
     if checkpoint.meta.get("kind") != "soft-prompt":

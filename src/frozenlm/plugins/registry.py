@@ -10,7 +10,7 @@ from typing import Any
 from frozenlm.backbone import Backbone
 from frozenlm.codec import from_json
 from frozenlm.errors import CheckpointError, ConfigError
-from frozenlm.plugins.checkpoint import Checkpoint, load_checkpoint
+from frozenlm.plugins.checkpoint import Checkpoint, checkpoint_folder, load_checkpoint
 from frozenlm.plugins.connector import Connector, ConnectorConfig
 from frozenlm.plugins.prefix import DeepPrompt, PrefixConfig
 from frozenlm.plugins.prompt_generator import PromptGenerator, PromptGeneratorConfig
@@ -163,14 +163,6 @@ def plugin_meta(
             "hidden_size": backbone.hidden_size,
         },
     }
-
-
-def checkpoint_folder(path: str | Path) -> Path:
-    """A checkpoint folder, or the `best/` checkpoint inside a training output folder."""
-    folder = Path(path)
-    if (folder / "best" / "plugin.json").is_file() and not (folder / "plugin.json").is_file():
-        return folder / "best"
-    return folder
 
 
 def load_plugin(
