@@ -141,6 +141,12 @@ def add_training_options(parser: argparse.ArgumentParser, *, chat_template: bool
         "(then --connector-tokens must equal --prompt-length)",
     )
     parser.add_argument(
+        "--connector-lr-scale",
+        type=float,
+        default=ConnectorConfig.network_lr_scale,
+        help="recursion: the connector network's learning rate as a fraction of --lr",
+    )
+    parser.add_argument(
         "--first-prompt",
         help="recursion: a trained soft prompt (folder) pass 1 runs with, frozen; pass 2's "
         "prompt starts from it",
@@ -298,6 +304,7 @@ def training_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainCo
                 context_field=CONTEXT_FIELD if getattr(args, "pretrain_lm", None) else None,
                 init_from=args.init_from,
                 join=args.connector_join,
+                network_lr_scale=args.connector_lr_scale,
             )
         )
     elif args.method == "prefix":

@@ -109,7 +109,7 @@ PLUGINS: dict[str, PluginMethod] = {
         restore=_restore_prefix,
         recipe={"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0},
     ),
-    # the pass-2 prompts at the soft prompt's rate, the network at a tenth of it
+    # the pass-2 prompts at the soft prompt's rate, the network at a hundredth of it
     "recursion": PluginMethod(
         build=_build_connector,
         restore=_restore_connector,

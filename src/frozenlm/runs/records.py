@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUNS_ENV = "FROZENLM_RUNS"
-KINDS = ("train", "eval", "compare", "qa-eval")
+KINDS = ("train", "eval", "compare", "qa-eval", "recursion-textual")
 VERSIONED = ("frozenlm", "torch", "transformers", "peft")
 # Options that say where a run happens, not what it is: option -> number of values it takes.
 NOT_THE_EXPERIMENT = {
