@@ -213,8 +213,10 @@ class Connector(nn.Module):
                 f"init-from '{path}' holds a {checkpoint.meta.get('kind')!r} plug-in, not a "
                 "connector (method recursion)"
             )
-        network = {k: v for k, v in checkpoint.tensors.items() if k.split(".")[0] in NETWORK}
-        mine = {k: v for k, v in self.state_dict().items() if k.split(".")[0] in NETWORK}
+        # added onto the prompt, the connector starts at it: a saved base would move it
+        parts = [p for p in NETWORK if not (p == "base" and self.config.join == "add")]
+        network = {k: v for k, v in checkpoint.tensors.items() if k.split(".")[0] in parts}
+        mine = {k: v for k, v in self.state_dict().items() if k.split(".")[0] in parts}
         for name, tensor in mine.items():
             if name not in network or tuple(network[name].shape) != tuple(tensor.shape):
                 got = list(network[name].shape) if name in network else "missing"
