@@ -130,13 +130,17 @@ def plot_curve(
         xs, ys = [p.gflops for p in points], [p.metric for p in points]
         axis.plot(xs, ys, marker="o", label=name)
         axis.fill_between(xs, [p.low for p in points], [p.high for p in points], alpha=0.15)
-        axis.annotate("1 pass", (xs[0], ys[0]), textcoords="offset points", xytext=(4, -12))
-        axis.annotate("2 passes", (xs[-1], ys[-1]), textcoords="offset points", xytext=(-40, 6))
+        if len(curves) == 1:  # with several, the legend says it: left end 1 pass, right end 2
+            axis.annotate("1 pass", (xs[0], ys[0]), textcoords="offset points", xytext=(4, -12))
+            axis.annotate("2 passes", (xs[-1], ys[-1]), textcoords="offset points", xytext=(-40, 6))
     for name, (x, y) in (references or {}).items():
         axis.scatter([x], [y], marker="*", s=120, zorder=3, label=name)
     axis.set_xlabel("GFLOPs per answer (about 2 x parameters x positions)")
     axis.set_ylabel(metric)
-    axis.set_title("Selective recursion: pass 2 only below a pass-1 confidence")
+    title = "Selective recursion: pass 2 only below a pass-1 confidence"
+    axis.set_title(
+        title if len(curves) == 1 else title + "\n(each line: 1 pass at left, 2 at right)"
+    )
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
