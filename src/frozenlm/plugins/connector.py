@@ -30,6 +30,7 @@ from frozenlm.devices import seeded_rng
 from frozenlm.errors import CheckpointError, ConfigError
 from frozenlm.plugins.checkpoint import checkpoint_folder, load_checkpoint
 from frozenlm.plugins.pass_one import FirstPass, StateCache
+from frozenlm.plugins.prompt_generator import check_state_shapes, query_decoder, zero_projection
 from frozenlm.plugins.protocol import Conditioning, SoftPosition, count_trainable
 from frozenlm.plugins.soft_prompt import PromptInit, SoftPromptConfig, initial_prompt
 from frozenlm.tasks import Example, TaskSpec
@@ -135,18 +136,8 @@ class Connector(nn.Module):
         self.read = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, width))  # D -> W
         self.positions = nn.Parameter(torch.zeros(config.max_input_tokens, width))  # [L, W]
         self.queries = nn.Parameter(torch.randn(config.tokens, width) * 0.02)  # [N, W]
-        layer = nn.TransformerDecoderLayer(
-            width,
-            config.heads,
-            dim_feedforward=config.ffn,
-            dropout=config.dropout,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.decoder = nn.TransformerDecoder(layer, config.layers, norm=nn.LayerNorm(width))
-        self.write = nn.Linear(width, hidden)  # -> the backbone's embedding space
-        nn.init.zeros_(self.write.weight)
-        nn.init.zeros_(self.write.bias)
+        self.decoder = query_decoder(width, config.heads, config.ffn, config.layers, config.dropout)
+        self.write = zero_projection(width, hidden)  # -> the backbone's embedding space
         self.base = nn.Parameter(torch.zeros(config.tokens, hidden))  # [N, D]
         self.first = FirstPass(
             backbone,
@@ -201,7 +192,7 @@ class Connector(nn.Module):
                 "a connector checkpoint holds no pass-2 prompt ('prompts.<task>')"
             )
         connector = cls(config, backbone, prompts, first)
-        check_shapes(connector, tensors, backbone)
+        check_state_shapes(connector, tensors, "connector", backbone.hidden_size)
         connector.load_state_dict(dict(tensors))
         return connector
 
@@ -262,10 +253,6 @@ class Connector(nn.Module):
             return [Conditioning(prompt + w, position=position) for w in written]
         return [Conditioning(torch.cat([prompt, w]), position=position) for w in written]
 
-    def first_positions(self, task: TaskSpec, examples: Sequence[Example]) -> list[int]:
-        """Backbone positions pass 1 computes per example (compute per answer)."""
-        return self.first.positions(task, examples)
-
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """The pass-2 prompts at `lr`, the network at `lr * network_lr_scale`."""
         prompts = [p for p in self.prompts.values() if p.requires_grad and p.numel()]
@@ -313,20 +300,3 @@ def read_first_prompt(
     if missing:
         raise ConfigError(f"{source} has no prompt for task '{missing[0]}'")
     return {spec.name: prompts[spec.name] for spec in specs}
-
-
-def check_shapes(
-    connector: Connector, tensors: Mapping[str, torch.Tensor], backbone: Backbone
-) -> None:
-    """Refuse saved tensors whose names or shapes differ from this config's and backbone's."""
-    expected = {n: tuple(p.shape) for n, p in connector.state_dict().items()}
-    got = {n: tuple(t.shape) for n, t in tensors.items()}
-    if expected == got:
-        return
-    wrong = sorted(set(expected) ^ set(got)) or [n for n in expected if expected[n] != got[n]]
-    name = wrong[0]
-    raise CheckpointError(
-        f"connector tensor '{name}' is {list(got.get(name, ()))} in the checkpoint but "
-        f"{list(expected.get(name, ()))} for this config and backbone "
-        f"(hidden size {backbone.hidden_size})"
-    )

@@ -175,6 +175,42 @@ def make_encoder(config: PromptGeneratorConfig, backbone: Backbone) -> InputEnco
     return BackboneEmbeddingEncoder(backbone, config.max_input_tokens)
 
 
+def query_decoder(
+    width: int, heads: int, ffn: int, layers: int, dropout: float
+) -> nn.TransformerDecoder:
+    """Learned queries that attend to themselves and to a memory (torch's pre-norm decoder
+    layers), with a final LayerNorm: the network of the ID-PT generator and of the connector."""
+    layer = nn.TransformerDecoderLayer(
+        width, heads, dim_feedforward=ffn, dropout=dropout, batch_first=True, norm_first=True
+    )
+    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(width))
+
+
+def zero_projection(width: int, hidden_size: int) -> nn.Linear:
+    """A projection into the backbone's embedding space that starts at zero, so a network
+    writing through it first adds nothing to what it writes onto."""
+    linear = nn.Linear(width, hidden_size)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+def check_state_shapes(
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], kind: str, hidden_size: int
+) -> None:
+    """Refuse saved tensors whose names or shapes differ from `module`'s, naming the first."""
+    expected = {n: tuple(p.shape) for n, p in module.state_dict().items()}
+    got = {n: tuple(t.shape) for n, t in tensors.items()}
+    if expected == got:
+        return
+    wrong = sorted(set(expected) ^ set(got)) or [n for n in expected if expected[n] != got[n]]
+    name = wrong[0]
+    raise CheckpointError(
+        f"{kind} tensor '{name}' is {list(got.get(name, ()))} in the checkpoint but "
+        f"{list(expected.get(name, ()))} for this config and backbone (hidden size {hidden_size})"
+    )
+
+
 class PromptGenerator(nn.Module):
     """Writes a soft prompt [P, D] for each input from its instruction and text."""
 
@@ -192,18 +228,8 @@ class PromptGenerator(nn.Module):
         self.read = nn.Linear(encoder.width, width)  # encoder states -> generator width
         self.positions = nn.Parameter(torch.zeros(config.max_input_tokens, width))  # [L, W]
         self.queries = nn.Parameter(torch.randn(config.length, width) * 0.02)  # [P, W]
-        layer = nn.TransformerDecoderLayer(
-            width,
-            config.heads,
-            dim_feedforward=config.ffn,
-            dropout=config.dropout,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.decoder = nn.TransformerDecoder(layer, config.layers, norm=nn.LayerNorm(width))
-        self.write = nn.Linear(width, hidden_size)  # -> the backbone's embedding space
-        nn.init.zeros_(self.write.weight)
-        nn.init.zeros_(self.write.bias)
+        self.decoder = query_decoder(width, config.heads, config.ffn, config.layers, config.dropout)
+        self.write = zero_projection(width, hidden_size)  # -> the backbone's embedding space
         self.base = nn.Parameter(torch.zeros(config.length, hidden_size))  # [P, D]
 
     @classmethod
@@ -229,18 +255,7 @@ class PromptGenerator(nn.Module):
     ) -> PromptGenerator:
         """A saved generator; a tensor of the wrong name or shape is refused in one sentence."""
         generator = cls(config, make_encoder(config, backbone), backbone.hidden_size)
-        expected = {n: tuple(p.shape) for n, p in generator.state_dict().items()}
-        got = {n: tuple(t.shape) for n, t in tensors.items()}
-        if expected != got:
-            wrong = sorted(set(expected) ^ set(got)) or [
-                n for n in expected if expected[n] != got[n]
-            ]
-            name = wrong[0]
-            raise CheckpointError(
-                f"prompt generator tensor '{name}' is {list(got.get(name, ()))} in the checkpoint "
-                f"but {list(expected.get(name, ()))} for this config and backbone "
-                f"(hidden size {backbone.hidden_size})"
-            )
+        check_state_shapes(generator, tensors, "prompt generator", backbone.hidden_size)
         generator.load_state_dict(dict(tensors))
         return generator
 

@@ -117,22 +117,22 @@ def candidate_spec(spec: TaskSpec) -> TaskSpec:
 
 
 def candidate_task(task: Task, candidates: dict[str, dict[str, list[str]]]) -> Task:
-    """`task` with each example's candidates in its input, splits in the same order."""
+    """`task` with each example's candidates (`candidates[split][id]`) in its input, splits in
+    the same order."""
     spec = candidate_spec(task.spec)
 
-    def derived(ex: Example) -> Example:
-        fields = {**ex.fields, CANDIDATES_FIELD: "; ".join(candidates_of(candidates, ex))}
-        return make_example(fields, ex.label, spec.input_fields, ex.answers)
+    def derived(split: str) -> tuple[Example, ...]:
+        return tuple(
+            make_example(
+                {**ex.fields, CANDIDATES_FIELD: "; ".join(candidates[split][ex.id])},
+                ex.label,
+                spec.input_fields,
+                ex.answers,
+            )
+            for ex in task.split(split)
+        )
 
-    def candidates_of(table: dict[str, dict[str, list[str]]], ex: Example) -> list[str]:
-        return next(split[ex.id] for split in table.values() if ex.id in split)
-
-    return Task(
-        spec=spec,
-        train=tuple(derived(ex) for ex in task.train),
-        dev=tuple(derived(ex) for ex in task.dev),
-        test=tuple(derived(ex) for ex in task.test),
-    )
+    return Task(spec=spec, train=derived("train"), dev=derived("dev"), test=derived("test"))
 
 
 def write_candidate_task(
