@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,21 +77,11 @@ class LocalServer:
     """Paths of the requests it received, in order."""
 
 
-@pytest.fixture(scope="session")
-def openai_server(tiny: Backbone) -> Iterator[LocalServer]:
-    """A real HTTP server (uvicorn) on a free localhost port serving `tiny` as model "tiny"."""
+@contextmanager
+def running(app: Any) -> Iterator[str]:
+    """A real HTTP server (uvicorn) for `app` on a free localhost port, in a thread; its base
+    URL (no path). Stopped on exit the way SIGTERM stops it (requests in flight finish)."""
     import uvicorn
-    from starlette.requests import Request
-
-    from frozenlm.serve.openai_api import create_app
-
-    app = create_app(tiny, "tiny")
-    seen: list[str] = []
-
-    @app.middleware("http")
-    async def remember(request: Request, call_next: Any) -> Any:
-        seen.append(request.url.path)
-        return await call_next(request)
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -101,9 +92,30 @@ def openai_server(tiny: Backbone) -> Iterator[LocalServer]:
             raise RuntimeError("the test server did not start")
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield LocalServer(f"http://127.0.0.1:{port}/v1", seen)
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny: Backbone) -> Iterator[LocalServer]:
+    """`frozenlm serve`'s app over HTTP, serving `tiny` as model "tiny" (no plug-ins)."""
+    from starlette.requests import Request
+
+    from frozenlm.serve.app import create_app
+
+    app = create_app(tiny, "tiny")
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def remember(request: Request, call_next: Any) -> Any:
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    with running(app) as url:
+        yield LocalServer(f"{url}/v1", seen)
 
 
 # -- a toy QA task: 24 questions about made-up facts over 24 passages and 12 distractors --

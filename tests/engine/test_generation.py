@@ -2,12 +2,12 @@ import pytest
 import torch
 
 from frozenlm.backbone import Backbone
-from frozenlm.engine.generation import GenerationConfig, _cut_at_stop, generate, generate_detailed
+from frozenlm.engine.generation import GenerationConfig, cut_at_stop, generate, generate_detailed
 
 
 def test_cut_at_the_first_stop_string() -> None:
-    assert _cut_at_stop("Paris\nQ: next", ["\n", "Q:"]) == ("Paris", True)
-    assert _cut_at_stop("Paris", ["\n"]) == ("Paris", False)
+    assert cut_at_stop("Paris\nQ: next", ["\n", "Q:"]) == ("Paris", True)
+    assert cut_at_stop("Paris", ["\n"]) == ("Paris", False)
 
 
 def test_cached_decoding_equals_recomputing(tiny: Backbone) -> None:

@@ -13,7 +13,18 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from frozenlm.cli import compare, models, peft, qa, records, recursion, supericl, tasks, train
+from frozenlm.cli import (
+    compare,
+    models,
+    peft,
+    qa,
+    records,
+    recursion,
+    serve,
+    supericl,
+    tasks,
+    train,
+)
 from frozenlm.cli import eval as eval_
 from frozenlm.errors import FrozenLMError
 
@@ -75,6 +86,11 @@ COMMANDS: dict[str, Command] = {
         "the recursive LM's baselines: textual recursion, selective recursion's curve",
         recursion.add_arguments,
         recursion.run,
+    ),
+    "serve": Command(
+        "serve the backbone and trained plug-ins over an OpenAI-compatible HTTP API",
+        serve.add_arguments,
+        serve.run,
     ),
     "runs": Command(
         "list the run records (train, eval, compare)", records.add_runs_arguments, records.run_runs

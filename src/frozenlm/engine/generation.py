@@ -55,12 +55,12 @@ class Generation:
     """Per step, the `top_logprobs` most likely (token id, log-probability) pairs."""
 
 
-def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _end_tokens(backbone: Backbone) -> set[int]:
+def end_tokens(backbone: Backbone) -> set[int]:
     """Token ids that end a generation: the tokenizer's and the model config's end tokens."""
     configured = getattr(backbone.model.config, "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]
@@ -95,7 +95,7 @@ def generate_detailed(
         if not config.use_cache:
             raise ValueError("a shared prefix cache needs use_cache=True")
         batch = shared.after(batch)
-    eos = _end_tokens(backbone)
+    eos = end_tokens(backbone)
     rows = len(prefixes)
     out = [Generation("") for _ in range(rows)]
     done = [False] * rows
@@ -132,7 +132,7 @@ def generate_detailed(
                 pairs = zip(top.indices[b].tolist(), top.values[b].tolist(), strict=True)
                 row.top.append([(int(i), float(v)) for i, v in pairs])
             text = backbone.tokenizer.decode(row.tokens, skip_special_tokens=True)
-            row.text, done[b] = _cut_at_stop(text, config.stop)
+            row.text, done[b] = cut_at_stop(text, config.stop)
         if all(done):
             break
         new_embeds = backbone.embed(tokens.unsqueeze(1))  # [B, 1, D]

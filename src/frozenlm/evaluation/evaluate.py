@@ -43,7 +43,7 @@ from frozenlm.metrics import (
 from frozenlm.plugins.protocol import Conditioning, Plugin, inference_conditioning
 from frozenlm.prompts.demos import DemoSelector
 from frozenlm.prompts.render import PromptConfig, Prompter, RenderedPrompt
-from frozenlm.tasks import Example, Task
+from frozenlm.tasks import Example, Task, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +194,17 @@ def _prompt_stats(prompts: Sequence[RenderedPrompt]) -> dict[str, float]:
     }
 
 
-def label_candidates(task: Task, prompter: Prompter) -> list[list[int]]:
+def label_candidates(task: Task | TaskSpec, prompter: Prompter) -> list[list[int]]:
     """The token ids of each label's verbalizer (task label order), after `prompter`'s prompts;
     two labels with the same ids are refused."""
-    labels = list(task.spec.labels)
-    ids = [prompter.continuation_ids(task.spec.labels[label]) for label in labels]
+    spec = task.spec if isinstance(task, Task) else task
+    labels = list(spec.labels)
+    ids = [prompter.continuation_ids(spec.labels[label]) for label in labels]
     seen: dict[tuple[int, ...], str] = {}
     for label, tokens in zip(labels, ids, strict=True):
         if tuple(tokens) in seen:
             raise DataError(
-                f"task '{task.name}': the verbalizers of labels '{seen[tuple(tokens)]}' and "
+                f"task '{spec.name}': the verbalizers of labels '{seen[tuple(tokens)]}' and "
                 f"'{label}' are the same tokens for this tokenizer, so they would score identically"
             )
         seen[tuple(tokens)] = label

@@ -62,6 +62,32 @@ class TaskSpec:
             "source": self.source,
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, object], where: str) -> TaskSpec:
+        """The spec `to_json` wrote (a checkpoint's "tasks" entry); `where` names the file in
+        the one-sentence error a malformed entry gets."""
+        from frozenlm.errors import DataError
+
+        try:
+            kind = data["kind"]
+            fields, labels = data["input_fields"], data.get("labels") or {}
+            if kind not in ("classification", "generation"):
+                raise ValueError(f"kind {kind!r}")
+            if not isinstance(fields, list) or not isinstance(labels, dict):
+                raise ValueError("input_fields must be a list and labels an object")
+            return cls(
+                name=str(data["name"]),
+                kind="classification" if kind == "classification" else "generation",
+                input_fields=tuple(str(f) for f in fields),
+                instruction=str(data["instruction"]),
+                template=str(data["template"]),
+                labels={str(k): str(v) for k, v in labels.items()},
+                metric=str(data.get("metric", "accuracy")),
+                source=str(data.get("source", "built-in")),
+            )
+        except (KeyError, ValueError) as err:
+            raise DataError(f"{where}: a task spec is malformed ({err})") from None
+
 
 @dataclass(frozen=True)
 class Task:
