@@ -246,15 +246,19 @@ class ModelTable:
             raise ServeError(403, "loading at run time needs a plug-in root (--plugin-root)")
         if not relative or Path(relative).is_absolute() or "\x00" in relative:
             raise ServeError(400, "give the plug-in's folder relative to the plug-in root")
-        target = (self.root / relative).resolve()
-        if not target.is_relative_to(self.root):
-            raise ServeError(403, f"'{relative}' leads outside the plug-in root")
-        if not target.is_dir():
-            raise ServeError(404, f"no folder '{relative}' under the plug-in root")
-        folder = checkpoint_folder(target)
-        for path in folder.iterdir():
-            if not path.resolve().is_relative_to(self.root):
-                raise ServeError(403, f"'{relative}/{path.name}' leads outside the plug-in root")
+        try:
+            target = (self.root / relative).resolve()
+            if not target.is_relative_to(self.root):
+                raise ServeError(403, f"'{relative}' leads outside the plug-in root")
+            if not target.is_dir():
+                raise ServeError(404, f"no folder '{relative}' under the plug-in root")
+            folder = checkpoint_folder(target)
+            for path in folder.iterdir():
+                if not path.resolve().is_relative_to(self.root):
+                    where = f"'{relative}/{path.name}'"
+                    raise ServeError(403, f"{where} leads outside the plug-in root")
+        except OSError as err:  # a name too long for the file system, a loop of links...
+            raise ServeError(400, f"'{relative[:200]}' cannot be read: {err.strerror}") from None
         return folder
 
     def _read(self, folder: Path) -> tuple[Plugin, dict[str, Any]]:
@@ -262,6 +266,8 @@ class ModelTable:
             plugin, checkpoint = load_plugin(folder, self.backbone)
         except FileNotFoundError as err:
             raise ServeError(404, f"no checkpoint in '{folder}': {err}") from None
+        except OSError as err:
+            raise ServeError(400, f"checkpoint '{folder}' cannot be read: {err.strerror}") from None
         except FrozenLMError as err:
             raise ServeError(400, str(err)) from None
         return plugin, checkpoint.meta
