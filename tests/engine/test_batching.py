@@ -35,6 +35,16 @@ def _alone(backbone: Backbone, rows: list[Row]) -> list[torch.Tensor]:
     return out
 
 
+def test_a_padding_cap_keeps_short_rows_out_of_long_rows_batches() -> None:
+    lengths = [10, 12, 11, 100, 98, 13]
+    assert len(token_budget_batches(lengths, max_tokens=10_000, max_rows=8)) == 1
+    capped = token_budget_batches(lengths, max_tokens=10_000, max_rows=8, max_padding=0.25)
+    assert sorted(sorted(b) for b in capped) == [[0, 1, 2, 5], [3, 4]]
+    for batch in capped:
+        padded = max(lengths[i] for i in batch) * len(batch)
+        assert padded - sum(lengths[i] for i in batch) <= 0.25 * padded
+
+
 def test_token_budget_batches_respect_limits() -> None:
     lengths = [5, 50, 7, 48, 6, 49]
     batches = token_budget_batches(lengths, max_tokens=100, max_rows=3)

@@ -35,6 +35,15 @@ def _rows(table: ModelTable, texts: list[str]) -> list[Prompted]:
     return [Prompted(model, model.render(model.example(t), None), model.example(t)) for t in texts]
 
 
+def _base_rows(tiny: Backbone, table: ModelTable, texts: list[str]) -> list[Prompted]:
+    from frozenlm.prompts.render import RenderedPrompt
+
+    return [
+        Prompted(table.base, RenderedPrompt(list(tiny.tokenizer(t)["input_ids"]), t, 0, 0, False))
+        for t in texts
+    ]
+
+
 def test_a_full_queue_refuses_with_429_and_an_unloaded_model_gets_404(
     tiny: Backbone, folder: Path
 ) -> None:
@@ -75,8 +84,10 @@ def test_every_policy_gives_the_same_scores_and_generations(
         batcher = Batcher(tiny, table, config)
         batcher.start()
         scored = [ClassifyJob(_rows(table, [t]), loop) for t in texts]
-        made = [
-            GenerateJob(_rows(table, [t]), loop, configs=[GenerationConfig(4, ())]) for t in texts
+        made = [  # two models generate: per-task keeps a decode batch for each
+            GenerateJob(rows, loop, configs=[GenerationConfig(4, ())])
+            for t in texts
+            for rows in (_rows(table, [t]), _base_rows(tiny, table, [t]))
         ]
         for job in [*scored, *made]:
             batcher.submit(job)

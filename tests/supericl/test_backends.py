@@ -38,7 +38,7 @@ def test_without_logprobs_the_answer_text_is_matched() -> None:
 
 
 def _backend(server: LocalServer, tmp_path: Path, api: str = "completions") -> OpenAIBackend:
-    config = OpenAIConfig(server.url, "tiny", api=api, cache=tmp_path / "cache", backoff=0.01)  # type: ignore[arg-type]
+    config = OpenAIConfig(server.url, "tiny", api=api, cache=tmp_path / "cache")  # type: ignore[arg-type]
     return OpenAIBackend(config)
 
 
@@ -100,7 +100,7 @@ def test_server_errors_are_retried_then_reported(
     failing: tuple[str, type[_Failing]], tmp_path: Path
 ) -> None:
     url, handler = failing
-    backend = OpenAIBackend(OpenAIConfig(url, "m", retries=2, backoff=0.01, cache=None))
+    backend = OpenAIBackend(OpenAIConfig(url, "m", retries=2, cache=None))
     with pytest.raises(BackendError, match="answered HTTP 503: overloaded"):
         backend._complete("x", 2, stop=["\n"])
     assert len(handler.hits) == 3  # one try and two retries
@@ -120,7 +120,7 @@ def test_an_endpoint_without_logprobs_falls_back_to_the_answer_text(
 
 def test_an_unreachable_endpoint_names_itself_after_the_retries(tmp_path: Path) -> None:
     backend = OpenAIBackend(
-        OpenAIConfig("http://127.0.0.1:9/v1", "m", retries=1, backoff=0.01, timeout=2, cache=None)
+        OpenAIConfig("http://127.0.0.1:9/v1", "m", retries=1, timeout=2, cache=None)
     )
     with pytest.raises(BackendError, match=r"127\.0\.0\.1:9/v1/completions did not answer after 2"):
         backend._complete("x", 2, stop=["\n"])

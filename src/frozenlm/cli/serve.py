@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin-token",
         default=_env("admin_token", None),
-        help="turn on /admin/plugins, guarded by X-Admin-Token: TOKEN",
+        help="turn on /admin/plugins (and, with --plugin-root, /v1/files and "
+        "/v1/fine_tuning/jobs), guarded by X-Admin-Token: TOKEN or Authorization: Bearer TOKEN",
     )
     parser.add_argument(
         "--plugin-root",
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         plugin_root=args.plugin_root,
         max_loaded=args.max_loaded,
         config=config,
+        backbone_ref=args.backbone,
     )
     logging.getLogger("frozenlm.serve.access").setLevel(logging.INFO)
     names = ", ".join(m.name for m in app.state.table.models())

@@ -68,6 +68,10 @@ class BatchBudget:
     """Padded tokens per forward batch."""
     rows: int = 16
     """Rows per forward batch."""
+    padding: float | None = None
+    """At most this share of a batch's padded tokens may be padding (None: any): rows of very
+    different lengths (a server's mix of tasks) then go in different batches instead of short
+    rows being padded to the longest."""
 
 
 @dataclass
@@ -157,24 +161,28 @@ def lay_out(
     return Layout(None, pieces, [empty if kv is None else kv for kv in kvs])
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
-    """Group indices into batches of at most `max_rows` rows and `max_tokens` padded tokens.
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, max_rows: int, max_padding: float | None = None
+) -> list[list[int]]:
+    """Group indices into batches of at most `max_rows` rows and `max_tokens` padded tokens
+    (and, with `max_padding`, at most that share of padding in each).
 
     Indices are sorted by length first so padding stays small; each batch lists original indices.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real = 0
     for i in order:
         longest_if_added = max(longest, lengths[i])
-        if current and (
-            len(current) >= max_rows or longest_if_added * (len(current) + 1) > max_tokens
-        ):
+        padded = longest_if_added * (len(current) + 1)
+        wasteful = max_padding is not None and padded - (real + lengths[i]) > max_padding * padded
+        if current and (len(current) >= max_rows or padded > max_tokens or wasteful):
             batches.append(current)
-            current, longest_if_added = [], lengths[i]
+            current, longest_if_added, real = [], lengths[i], 0
         current.append(i)
         longest = longest_if_added
+        real += lengths[i]
     if current:
         batches.append(current)
     return batches
@@ -199,7 +207,7 @@ def score_rows(
         for n, cands in zip(layout.lengths(), candidates, strict=True)
     ]
     out: list[CandidateScores | None] = [None] * len(rows)
-    batches = token_budget_batches(lengths, budget.tokens, budget.rows)
+    batches = token_budget_batches(lengths, budget.tokens, budget.rows, budget.padding)
     with progress(total=len(rows), desc=desc, unit="ex", leave=False) as bar:
         for batch in batches:
             requests = [ScoreRequest(layout.pieces[i], candidates[i]) for i in batch]
@@ -237,7 +245,7 @@ def generate_rows_detailed(
     layout = lay_out(backbone, rows, share_text=share_text)
     lengths = [n + config.max_new_tokens for n in layout.lengths()]
     out: list[Generation | None] = [None] * len(rows)
-    batches = token_budget_batches(lengths, budget.tokens, budget.rows)
+    batches = token_budget_batches(lengths, budget.tokens, budget.rows, budget.padding)
     with progress(total=len(rows), desc=desc, unit="ex", leave=False) as bar:
         for batch in batches:
             prefixes = [layout.pieces[i] for i in batch]
@@ -270,7 +278,7 @@ def hidden_rows(
         if not 0 < wanted <= length:
             raise ValueError(f"row {i} computes {length} positions of its own, not {wanted}")
     out: list[torch.Tensor | None] = [None] * len(rows)
-    batches = token_budget_batches(lengths, budget.tokens, budget.rows)
+    batches = token_budget_batches(lengths, budget.tokens, budget.rows, budget.padding)
     with progress(total=len(rows), desc=desc, unit="ex", leave=False) as bar:
         for batch in batches:
             spliced = splice(backbone, [layout.pieces[i] for i in batch])

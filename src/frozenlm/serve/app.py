@@ -26,9 +26,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,12 +38,14 @@ from frozenlm.engine.continuous import Step
 from frozenlm.engine.generation import GenerationConfig
 from frozenlm.prompts.render import RenderedPrompt, leading_special_ids
 from frozenlm.serve.batcher import Batcher, BatcherConfig, ClassifyJob, GenerateJob
+from frozenlm.serve.finetune import FineTuning
 from frozenlm.serve.metrics import Metrics
 from frozenlm.serve.models import ModelTable, Prompted, ServedModel, ServeError
 from frozenlm.serve.schemas import (
     ChatRequest,
     ClassifyRequest,
     CompletionRequest,
+    FineTuneRequest,
     LoadRequest,
     chat_max_tokens,
     check_supported,
@@ -61,6 +63,8 @@ ROUTES = (
     "/health",
     "/metrics",
     "/admin/plugins",
+    "/v1/files",
+    "/v1/fine_tuning/jobs",
 )
 """Paths counted by name in the metrics (anything else counts as "other")."""
 
@@ -77,7 +81,9 @@ class ServeConfig:
     api_key: str | None = None
     """When set, every route needs `Authorization: Bearer <api_key>`."""
     admin_token: str | None = None
-    """When set, `/admin/plugins` is on and needs `X-Admin-Token: <admin_token>`."""
+    """When set, `/admin/plugins` (and, with a plug-in root, `/v1/files` and
+    `/v1/fine_tuning/jobs`) are on and need `X-Admin-Token: <admin_token>` or
+    `Authorization: Bearer <admin_token>` (what the openai client sends as its key)."""
     max_body_bytes: int = 1_000_000
     """Larger request bodies get 413."""
     request_timeout: float = 300.0
@@ -96,6 +102,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def _guard(app: ASGIApp, config: ServeConfig, metrics: Metrics) -> ASGIApp:
     """The outer layer: the API key on every route, the body cap, access logs and metrics."""
     expected = f"Bearer {config.api_key}".encode() if config.api_key else None
+    admin = f"Bearer {config.admin_token}".encode() if config.admin_token else None
 
     async def guarded(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,8 +119,11 @@ def _guard(app: ASGIApp, config: ServeConfig, metrics: Metrics) -> ASGIApp:
         headers = dict(scope.get("headers") or [])
         scope.setdefault("state", {})
         try:
-            if expected is not None and not secrets.compare_digest(
-                headers.get(b"authorization", b""), expected
+            given = headers.get(b"authorization", b"")
+            if (
+                expected is not None
+                and not secrets.compare_digest(given, expected)
+                and not (admin is not None and secrets.compare_digest(given, admin))
             ):
                 await _error(401, "a valid API key is needed: Authorization: Bearer <key>")(
                     scope, receive, sending
@@ -128,7 +138,8 @@ def _guard(app: ASGIApp, config: ServeConfig, metrics: Metrics) -> ASGIApp:
         finally:
             path = scope.get("path", "")
             route = path if path in ROUTES else "other"
-            route = "/admin/plugins" if path.startswith("/admin/plugins/") else route
+            for prefix in ("/admin/plugins/", "/v1/files/", "/v1/fine_tuning/jobs/"):
+                route = prefix[:-1] if path.startswith(prefix) else route
             model = str(scope["state"].get("model", ""))
             seconds = time.perf_counter() - start
             metrics.answered(route, model, status["code"], seconds)
@@ -212,21 +223,30 @@ def create_app(
     plugin_root: str | Path | None = None,
     max_loaded: int = 16,
     config: ServeConfig = ServeConfig(),
+    backbone_ref: str | None = None,
 ) -> FastAPI:
     """The server over `backbone` (served as `model_name`, default its name) and `plugins`
-    (folders, each served by its folder name; NAME=DIR names it)."""
+    (folders, each served by its folder name; NAME=DIR names it). `backbone_ref` is how a
+    fine-tuning worker process loads the same backbone (default: `backbone.source`)."""
     table = ModelTable(backbone, backbone_name=model_name, root=plugin_root, max_loaded=max_loaded)
     for entry in plugins:
         name, _, folder = str(entry).rpartition("=") if "=" in str(entry) else ("", "", entry)
         table.add(folder, name or None)
     metrics = Metrics(lambda: sum(1 for m in table.models() if m.plugin is not None))
     batcher = Batcher(backbone, table, config.batcher, metrics)
+    tuning = None
+    if config.admin_token and plugin_root is not None:
+        dtype = str(backbone.dtype).removeprefix("torch.")
+        ref = backbone_ref or backbone.source
+        tuning = FineTuning(table, ref, str(backbone.device), dtype)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
         await asyncio.to_thread(batcher.stop)
+        if tuning is not None:
+            await asyncio.to_thread(tuning.stop)
 
     app = FastAPI(title="frozenlm serve", lifespan=lifespan)
     app.state.table, app.state.batcher, app.state.metrics = table, batcher, metrics
@@ -536,8 +556,11 @@ def create_app(
     if config.admin_token:
         token = config.admin_token.encode()
 
-        def admin(x_admin_token: str | None) -> None:
-            if not secrets.compare_digest((x_admin_token or "").encode(), token):
+        def admin(x_admin_token: str | None, authorization: str | None = None) -> None:
+            bearer = (authorization or "").removeprefix("Bearer ").encode()
+            if not secrets.compare_digest((x_admin_token or "").encode(), token) and not (
+                secrets.compare_digest(bearer, token)
+            ):
                 raise ServeError(401, "a valid admin token is needed: X-Admin-Token")
 
         @app.get("/admin/plugins")
@@ -556,6 +579,91 @@ def create_app(
         async def unload(name: str, x_admin_token: str | None = Header(None)) -> Any:
             admin(x_admin_token)
             return {"unloaded": table.unload(name)}
+
+    if config.admin_token and tuning is not None:
+        ft = tuning
+
+        def tuner(x_admin_token: str | None, authorization: str | None) -> FineTuning:
+            admin(x_admin_token, authorization)
+            return ft
+
+        @app.post("/v1/files")
+        async def upload(
+            file: Annotated[UploadFile, File()],
+            purpose: Annotated[str, Form()],
+            x_admin_token: str | None = Header(None),
+            authorization: str | None = Header(None),
+        ) -> Any:
+            chosen = tuner(x_admin_token, authorization)
+            data = await file.read()
+            return await asyncio.to_thread(
+                chosen.add_file, data, file.filename or "upload.jsonl", purpose
+            )
+
+        @app.get("/v1/files")
+        async def files(
+            x_admin_token: str | None = Header(None), authorization: str | None = Header(None)
+        ) -> Any:
+            listed = tuner(x_admin_token, authorization).list_files()
+            return {"object": "list", "data": listed, "has_more": False}
+
+        @app.get("/v1/files/{file_id}")
+        async def file_info(
+            file_id: str,
+            x_admin_token: str | None = Header(None),
+            authorization: str | None = Header(None),
+        ) -> Any:
+            return tuner(x_admin_token, authorization).file(file_id)
+
+        @app.delete("/v1/files/{file_id}")
+        async def file_delete(
+            file_id: str,
+            x_admin_token: str | None = Header(None),
+            authorization: str | None = Header(None),
+        ) -> Any:
+            return tuner(x_admin_token, authorization).delete_file(file_id)
+
+        @app.post("/v1/fine_tuning/jobs")
+        async def job_create(
+            body: FineTuneRequest,
+            x_admin_token: str | None = Header(None),
+            authorization: str | None = Header(None),
+        ) -> Any:
+            chosen = tuner(x_admin_token, authorization)
+            return await asyncio.to_thread(chosen.create, body.model_dump(exclude_none=True))
+
+        @app.get("/v1/fine_tuning/jobs")
+        async def jobs(
+            x_admin_token: str | None = Header(None), authorization: str | None = Header(None)
+        ) -> Any:
+            listed = tuner(x_admin_token, authorization).list_jobs()
+            return {"object": "list", "data": listed, "has_more": False}
+
+        @app.get("/v1/fine_tuning/jobs/{job_id}")
+        async def job(
+            job_id: str,
+            x_admin_token: str | None = Header(None),
+            authorization: str | None = Header(None),
+        ) -> Any:
+            return tuner(x_admin_token, authorization).get(job_id)
+
+        @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+        async def job_cancel(
+            job_id: str,
+            x_admin_token: str | None = Header(None),
+            authorization: str | None = Header(None),
+        ) -> Any:
+            chosen = tuner(x_admin_token, authorization)
+            return await asyncio.to_thread(chosen.cancel, job_id)
+
+        @app.get("/v1/fine_tuning/jobs/{job_id}/events")
+        async def job_events(
+            job_id: str,
+            x_admin_token: str | None = Header(None),
+            authorization: str | None = Header(None),
+        ) -> Any:
+            events = tuner(x_admin_token, authorization).events(job_id)
+            return {"object": "list", "data": events, "has_more": False}
 
     app.add_middleware(_Middleware, config=config, metrics=metrics)
     return app

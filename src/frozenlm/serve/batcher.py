@@ -62,6 +62,9 @@ class BatcherConfig:
     """Rows per classification forward, and rows decoding at once."""
     max_queue: int = 256
     """Requests waiting beyond this are refused (429)."""
+    max_padding: float = 0.25
+    """At most this share of a classification batch is padding: rows of short and long
+    tasks' prompts go in different forwards (see `BatchBudget.padding`)."""
     policy: Policy = Policy.MIXED
 
     def __post_init__(self) -> None:
@@ -171,7 +174,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._waiting: deque[GenerateJob] = deque()  # admitted to no decode batch yet
         self._decoders: dict[str, DecodeBatch] = {}
-        self._slots: dict[int, tuple[GenerateJob, int]] = {}  # decode slot -> (job, choice)
+        self._slots: dict[tuple[str, int], tuple[GenerateJob, int]] = {}  # (batch, slot) -> job
         self._running: list[GenerateJob] = []
 
     # ------------------------------------------------------------------ the server's side
@@ -256,12 +259,28 @@ class Batcher:
     def _round(self, jobs: Sequence[Job]) -> None:
         live = [job for job in jobs if not job.cancelled and self._models_live(job)]
         classify = [job for job in live if isinstance(job, ClassifyJob)]
+        if self._busy() or any(isinstance(job, GenerateJob) for job in live):
+            classify = self._ration(classify)  # rows decoding wait for no more than this
         for group in self._groups(classify):
             self._classify(group)
         self._waiting.extend(job for job in live if isinstance(job, GenerateJob))
         self._drop_cancelled()
         self._admit()
         self._step()
+
+    def _ration(self, jobs: list[ClassifyJob]) -> list[ClassifyJob]:
+        """The classification jobs of this round while rows decode: about `max_rows` rows'
+        worth (at least one job); the rest go back to the front of the queue, so a decoding
+        step comes between every such share."""
+        rows, cut = 0, len(jobs)
+        for i, job in enumerate(jobs):
+            if i and rows + len(job.items) > self.config.max_rows:
+                cut = i
+                break
+            rows += len(job.items)
+        with self._wake:
+            self._queue.extendleft(reversed(jobs[cut:]))
+        return jobs[:cut]
 
     def _models_live(self, job: Job) -> bool:
         """Whether every model the job names is still served (an evicted one reloads)."""
@@ -287,10 +306,11 @@ class Batcher:
 
     def _classify(self, jobs: Sequence[Job]) -> None:
         items = [item for job in jobs for item in job.items]
+        c = self.config
         try:
             rows = engine_rows(items)
             candidates = [item.model.candidates() for item in items]
-            budget = BatchBudget(self.config.max_tokens, self.config.max_rows)
+            budget = BatchBudget(c.max_tokens, c.max_rows, c.max_padding)
             scores = score_rows(self.backbone, rows, candidates, budget, desc="serve classify")
         except FrozenLMError as err:
             for job in jobs:
@@ -328,30 +348,30 @@ class Batcher:
             self.listener.batch("prefill", len(slots))
             job.open_choices = set(range(len(slots)))
             for choice, slot in enumerate(slots):
-                self._slots[slot] = (job, choice)
+                self._slots[key, slot] = (job, choice)
             self._running.append(job)
 
     def _step(self) -> None:
         """One token for every decoding row (per-task: one forward per model, in turn)."""
-        for decoder in self._decoders.values():
+        for key, decoder in self._decoders.items():
             if not len(decoder):
                 continue
             self.listener.batch("decode", len(decoder))
             for step in decoder.step():
-                job, choice = self._slots[step.slot]
+                job, choice = self._slots[key, step.slot]
                 if step.token is not None:
                     self.listener.generated(job.items[choice].model.name, 1)
                 job.emit(choice, step)
                 if step.finished is not None:
-                    del self._slots[step.slot]
+                    del self._slots[key, step.slot]
         self._running = [job for job in self._running if job.open_choices]
         self._decoders = {k: d for k, d in self._decoders.items() if len(d)}
 
     def _drop_cancelled(self) -> None:
         gone = [s for s, (job, _) in self._slots.items() if job.cancelled]
         if gone:
-            for decoder in self._decoders.values():
-                decoder.cancel(gone)
+            for key, decoder in self._decoders.items():
+                decoder.cancel([slot for k, slot in gone if k == key])
             for slot in gone:
                 del self._slots[slot]
             self._running = [job for job in self._running if not job.cancelled]

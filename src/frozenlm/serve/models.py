@@ -28,6 +28,7 @@ from typing import Any
 from frozenlm.backbone import Backbone
 from frozenlm.engine.batching import Row
 from frozenlm.engine.prefix_cache import PrefixCache
+from frozenlm.engine.splice import Piece
 from frozenlm.errors import FrozenLMError
 from frozenlm.evaluation.evaluate import EvalConfig, label_candidates
 from frozenlm.plugins.checkpoint import checkpoint_folder
@@ -138,19 +139,32 @@ class ServedModel:
         return prompter.render(example)
 
     def warm_row(self, conditioning: Conditioning, prompt: RenderedPrompt) -> Row:
-        """The engine row of `prompt`; soft tokens every row of the task shares become a key/value
-        prefix computed once with the text before them."""
+        """The engine row of `prompt`. What every input of the model starts with (the text
+        before the input, with the plug-in's key/value prefix, and its soft tokens when they do
+        not depend on the input) is a key/value prefix computed once and kept warm, so rows of
+        different models in one batch each compute only their own input."""
         row = conditioning.row(prompt.ids, prompt.input_start)
-        if self.plugin is None or self.plugin.reads_input or row.soft is None:
+        if self.plugin is None:
             return row
-        head = tuple(row.ids[: row.soft_at])
-        prefix = self._warm.get(head)
+        shared_soft = row.soft is not None and not self.plugin.reads_input
+        end = prompt.input_start if row.soft is None or shared_soft else row.soft_at
+        end = min(end, len(row.ids) - 1)  # the row keeps a token of its own
+        if (end <= 0 and not shared_soft) or (shared_soft and end < row.soft_at):
+            return row
+        key = tuple(row.ids[:end])
+        prefix = self._warm.get(key)
         if prefix is None:
-            prefix = PrefixCache.compute(
-                self.backbone, [*([list(head)] if head else []), row.soft], after=row.kv
-            )
-            self._warm[head] = prefix
-        return Row(row.ids[row.soft_at :], kv=prefix)
+            pieces: list[Piece] = []
+            if shared_soft and row.soft is not None:
+                head, tail = list(row.ids[: row.soft_at]), list(row.ids[row.soft_at : end])
+                pieces = [*([head] if head else []), row.soft, *([tail] if tail else [])]
+            else:
+                pieces = [list(key)]
+            prefix = PrefixCache.compute(self.backbone, pieces, after=row.kv)
+            self._warm[key] = prefix
+        if shared_soft or row.soft is None:
+            return Row(row.ids[end:], kv=prefix)
+        return Row(row.ids[end:], row.soft, prefix, soft_at=row.soft_at - end)
 
 
 @dataclass(frozen=True)

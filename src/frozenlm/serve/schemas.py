@@ -145,3 +145,17 @@ def chat_max_tokens(request: ChatRequest) -> int:
             f"({request.max_completion_tokens}) disagree; give one",
         )
     return request.max_completion_tokens
+
+
+class FineTuneRequest(_Strict):
+    """A fine-tuning job (OpenAI's shape; `method.type` names the plug-in)."""
+
+    model: str = Field(max_length=200)
+    training_file: str = Field(max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
+    hyperparameters: dict[str, Any] | None = None
+    method: dict[str, Any] | None = None
+    suffix: str | None = Field(None, max_length=64)
+    seed: int | None = Field(None, ge=0, lt=2**31)
+    metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = Field(None, max_length=0)

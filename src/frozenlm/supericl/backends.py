@@ -11,13 +11,12 @@ import hashlib
 import json
 import logging
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+import openai
 
 from frozenlm.assets import cache_dir
 from frozenlm.atomic import atomic_write_json
@@ -119,9 +118,9 @@ class OpenAIConfig:
     timeout: float = 60.0
     """Seconds per request."""
     retries: int = 4
-    """Retries after a timeout, connection error, 429 or 5xx, with exponential backoff."""
-    backoff: float = 1.0
-    """Seconds before the first retry; doubled each time."""
+    """Retries after a timeout, connection error, 408, 409, 429 or 5xx, with the official
+    client's exponential backoff (0.5 s doubling to 8 s, with jitter) or the server's
+    Retry-After."""
     cache: Path | None = field(default_factory=lambda: cache_dir() / "http-responses")
     """Folder of cached responses (request hash -> JSON); None disables it."""
     answer_tokens: int = 5
@@ -144,6 +143,12 @@ class OpenAIBackend:
         self.cache_hits = 0
         self.logprobs = True
         """Ask for log-probabilities; turned off if the endpoint refuses them."""
+        self._client = openai.OpenAI(
+            base_url=config.base_url,
+            api_key=os.environ.get(config.api_key_env) or "none",  # local servers need none
+            timeout=config.timeout,
+            max_retries=config.retries,
+        )
 
     def choose(
         self, task: Task, prompter: Prompter, prompts: Sequence[RenderedPrompt]
@@ -193,53 +198,41 @@ class OpenAIBackend:
         return _parse(response, c.api)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The endpoint's JSON answer to `body`, from the on-disk cache when it was asked
+        before; sent with the official client (its timeouts, retries with backoff and
+        Retry-After), the answer kept as the JSON the endpoint sent."""
         c = self.config
-        url = c.base_url.rstrip("/") + ("/chat/completions" if c.api == "chat" else "/completions")
+        route = "/chat/completions" if c.api == "chat" else "/completions"
+        url = c.base_url.rstrip("/") + route
         key = hashlib.sha256(json.dumps([url, body], sort_keys=True).encode()).hexdigest()
         cached = c.cache / key[:2] / f"{key}.json" if c.cache else None
         if cached is not None and cached.is_file():
             self.cache_hits += 1
             return dict(json.loads(cached.read_text()))
-        headers = {"Content-Type": "application/json"}
-        if os.environ.get(c.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[c.api_key_env]}"
-        data = json.dumps(body).encode()
-        for attempt in range(c.retries + 1):
-            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
-            try:
-                self.calls += 1
-                with urllib.request.urlopen(request, timeout=c.timeout) as reply:
-                    response = json.loads(reply.read())
-                break
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode("utf-8", "replace")[:300]
-                if (err.code != 429 and err.code < 500) or attempt == c.retries:
-                    raise BackendError(f"{url} answered HTTP {err.code}: {detail}") from None
-                wait = _retry_after(err) or c.backoff * 2**attempt
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == c.retries:
-                    raise BackendError(
-                        f"{url} did not answer after {c.retries + 1} attempts: {err}"
-                    ) from None
-                wait = c.backoff * 2**attempt
-            log.warning("request to %s failed; retry %d in %.1f s", url, attempt + 1, wait)
-            time.sleep(wait)
+        create = self._client.chat.completions if c.api == "chat" else self._client.completions
+        self.calls += 1
+        try:
+            raw = create.with_raw_response.create(**body)
+            response = json.loads(raw.http_response.text)
+        except openai.APIStatusError as err:
+            detail = err.response.text[:300]
+            raise BackendError(f"{url} answered HTTP {err.status_code}: {detail}") from None
+        except openai.APIConnectionError as err:  # timeouts too
+            raise BackendError(
+                f"{url} did not answer after {c.retries + 1} attempts: {err}"
+            ) from None
+        except ValueError as err:
+            raise BackendError(f"{url} answered with text that is not JSON: {err}") from None
+        if not isinstance(response, dict):
+            raise BackendError(f"{url} answered {type(response).__name__}, not a JSON object")
         if cached is not None:
             atomic_write_json(cached, response)
-        return dict(response)
+        return response
 
 
 def first_paragraph(text: str) -> str:
     """The first non-empty paragraph: models often open an explanation with a blank line."""
     return next((p.strip() for p in text.split("\n\n") if p.strip()), "")
-
-
-def _retry_after(err: urllib.error.HTTPError) -> float | None:
-    value = err.headers.get("Retry-After") if err.headers else None
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def _parse(response: dict[str, Any], api: str) -> tuple[str, dict[str, float]]:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
@@ -51,6 +51,9 @@ from frozenlm.tasks import Task
 from frozenlm.training.config import TrainConfig
 from frozenlm.training.dev import dev_majority, dev_metric, zero_shot_floor
 from frozenlm.training.rows import DataOrder, TrainRow, training_rows
+
+OnEvent: TypeAlias = Callable[[dict[str, Any]], None]
+"""Told of training progress: one dict per step and per dev evaluation."""
 
 log = logging.getLogger(__name__)
 
@@ -378,10 +381,11 @@ def save_last(run: Run, state: TrainState) -> None:
     )
 
 
-def train_steps(run: Run, state: TrainState) -> bool:
+def train_steps(run: Run, state: TrainState, on_event: OnEvent | None = None) -> bool:
     """The loop: optimizer steps until `config.steps`, with a dev evaluation (best checkpoint,
     early stopping, `last/`) every `eval_every` steps and at the end. Returns whether it
-    stopped early."""
+    stopped early. `on_event`, when given, hears of every step ({"step", "loss"}) and every dev
+    evaluation ({"step", "loss", "dev", "best"}) as it happens (a server's job events)."""
     config = run.config
     stopped = config.patience > 0 and state.bad >= config.patience  # resumed after it stopped
     bar = progress(total=config.steps, initial=state.step, desc="train", unit="step")
@@ -392,6 +396,8 @@ def train_steps(run: Run, state: TrainState) -> bool:
         state.loss_steps += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", best=state.best)
+        if on_event is not None:
+            on_event({"step": state.step, "total_steps": config.steps, "loss": loss})
         if state.step % config.eval_every == 0 or state.step == config.steps:
             metric, per_task = evaluate_dev(run, state)
             reason = divergence(run, state, metric) if config.recover else None
@@ -408,6 +414,8 @@ def train_steps(run: Run, state: TrainState) -> bool:
             if config.save_last:
                 save_last(run, state)
             bar.set_postfix(loss=f"{loss:.3f}", dev=f"{metric:.3f}", best=f"{state.best:.3f}")
+            if on_event is not None:
+                on_event({"step": state.step, "loss": loss, "dev": metric, "best": state.best})
     bar.close()
     return stopped
 
@@ -421,8 +429,9 @@ def train(
     *,
     meta: dict[str, Any],
     resume: bool = False,
+    on_event: OnEvent | None = None,
 ) -> TrainResult:
-    """Train `plugin` on `tasks`: `setup`, then `train_steps`.
+    """Train `plugin` on `tasks`: `setup`, then `train_steps` (which tells `on_event`).
 
     `meta` (plug-in method and config, task specs, backbone identity) goes into every checkpoint
     with the training config and metrics. The torch RNG is seeded with `config.seed` inside and
@@ -431,7 +440,7 @@ def train(
     with seeded_rng(config.seed, backbone.device):
         start = time.perf_counter()
         run, state = setup(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
-        stopped = train_steps(run, state)
+        stopped = train_steps(run, state, on_event)
     result = TrainResult(
         best_metric=state.best if state.best is not None else float("nan"),
         best_step=state.best_step,
@@ -463,6 +472,7 @@ def train_plugin(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    on_event: OnEvent | None = None,
 ) -> TrainResult:
     """`frozenlm train`: a new plug-in of `method` for the tasks named (built-in names or
     task files), trained in one loop over mixed-task batches, saved under `out`.
@@ -491,6 +501,7 @@ def train_plugin(
         out,
         resume=resume,
         overwrite=overwrite,
+        on_event=on_event,
     )
 
 
@@ -505,6 +516,7 @@ def train_new_plugin(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    on_event: OnEvent | None = None,
 ) -> TrainResult:
     """`train_plugin` for tasks already loaded (`sources` says where each came from)."""
     from frozenlm.plugins.registry import new_plugin, plugin_meta, plugin_method
@@ -524,7 +536,7 @@ def train_new_plugin(
     if found and overwrite:
         log.warning("--overwrite: deleting the run in '%s'", out)
         remove_folder(out)
-    return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume)
+    return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume, on_event=on_event)
 
 
 def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> list[Path]:
