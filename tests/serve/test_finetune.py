@@ -84,6 +84,21 @@ def test_the_openai_client_trains_a_soft_prompt_that_is_then_served(
                             cast_to=dict)  # fmt: skip
         assert set(reply["data"][0]["probabilities"]) == {"no", "yes"}
 
+        deep = client.fine_tuning.jobs.create(
+            model="tiny", training_file=uploaded.id,
+            method={"type": "prefix", "prefix": {"hyperparameters": {"n_epochs": 1}}},
+        )  # fmt: skip
+        finished = _wait(client, deep.id)
+        assert finished.status == "succeeded", finished.error  # type: ignore[attr-defined]
+        listed = {m.id: m for m in client.models.list()}
+        assert listed[finished.fine_tuned_model].model_extra["kind"] == "prefix"  # type: ignore[attr-defined,index]
+        with pytest.raises(openai.BadRequestError, match="unknown hyperparameters steps"):
+            client.fine_tuning.jobs.create(
+                model="tiny",
+                training_file=uploaded.id,
+                hyperparameters={"steps": 3},  # type: ignore[typeddict-unknown-key]
+            )
+
         cancelled = client.fine_tuning.jobs.create(model="tiny", training_file=uploaded.id)
         assert client.fine_tuning.jobs.cancel(cancelled.id).status == "cancelled"
         with pytest.raises(openai.BadRequestError, match="model must be the served backbone"):

@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ from frozenlm.engine.generation import GenerationConfig
 from frozenlm.prompts.render import RenderedPrompt, leading_special_ids
 from frozenlm.serve.batcher import Batcher, BatcherConfig, ClassifyJob, GenerateJob
 from frozenlm.serve.finetune import FineTuning
+from frozenlm.serve.guard import Guard, error_response
 from frozenlm.serve.metrics import Metrics
 from frozenlm.serve.models import ModelTable, Prompted, ServedModel, ServeError
 from frozenlm.serve.schemas import (
@@ -53,24 +54,6 @@ from frozenlm.serve.schemas import (
 )
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("frozenlm.serve.access")
-
-ROUTES = (
-    "/v1/models",
-    "/v1/completions",
-    "/v1/chat/completions",
-    "/v1/classify",
-    "/health",
-    "/metrics",
-    "/admin/plugins",
-    "/v1/files",
-    "/v1/fine_tuning/jobs",
-)
-"""Paths counted by name in the metrics (anything else counts as "other")."""
-
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -91,106 +74,6 @@ class ServeConfig:
     retry_after: int = 1
     """Seconds a 429 asks the client to wait."""
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _guard(app: ASGIApp, config: ServeConfig, metrics: Metrics) -> ASGIApp:
-    """The outer layer: the API key on every route, the body cap, access logs and metrics."""
-    expected = f"Bearer {config.api_key}".encode() if config.api_key else None
-    admin = f"Bearer {config.admin_token}".encode() if config.admin_token else None
-
-    async def guarded(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def sending(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = int(message["status"])
-            await send(message)
-
-        headers = dict(scope.get("headers") or [])
-        scope.setdefault("state", {})
-        try:
-            given = headers.get(b"authorization", b"")
-            if (
-                expected is not None
-                and not secrets.compare_digest(given, expected)
-                and not (admin is not None and secrets.compare_digest(given, admin))
-            ):
-                await _error(401, "a valid API key is needed: Authorization: Bearer <key>")(
-                    scope, receive, sending
-                )
-                return
-            body = await _read_body(receive, config.max_body_bytes, headers)
-            if body is None:
-                message = f"the request body is larger than {config.max_body_bytes} bytes"
-                await _error(413, message)(scope, receive, sending)
-                return
-            await app(scope, _replay(body, receive), sending)
-        finally:
-            path = scope.get("path", "")
-            route = path if path in ROUTES else "other"
-            for prefix in ("/admin/plugins/", "/v1/files/", "/v1/fine_tuning/jobs/"):
-                route = prefix[:-1] if path.startswith(prefix) else route
-            model = str(scope["state"].get("model", ""))
-            seconds = time.perf_counter() - start
-            metrics.answered(route, model, status["code"], seconds)
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": scope.get("method"),
-                        "path": path,
-                        "status": status["code"],
-                        "model": model,
-                        "ms": round(seconds * 1000, 1),
-                        "client": (scope.get("client") or ["", 0])[0],
-                    }
-                )
-            )
-
-    return guarded
-
-
-async def _read_body(receive: Receive, cap: int, headers: dict[bytes, bytes]) -> bytes | None:
-    """The whole request body, or None once it passes `cap` bytes."""
-    declared = headers.get(b"content-length", b"0")
-    if declared.isdigit() and int(declared) > cap:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> MutableMapping[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # then the client's disconnect, as the app expects
-
-    return replay
 
 
 class _Visible:
@@ -254,11 +137,11 @@ def create_app(
     @app.exception_handler(ServeError)
     async def refused(_: Request, err: ServeError) -> JSONResponse:
         headers = {"Retry-After": str(config.retry_after)} if err.status in (429, 503) else None
-        return _error(err.status, str(err), headers)
+        return error_response(err.status, str(err), headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return _error(err.status_code, str(err.detail))
+    async def httperror_response(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return error_response(err.status_code, str(err.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -266,12 +149,12 @@ def create_app(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
             for e in err.errors()[:5]
         ]
-        return _error(422, "; ".join(problems) or "the request is malformed")
+        return error_response(422, "; ".join(problems) or "the request is malformed")
 
     @app.exception_handler(Exception)
     async def crashed(_: Request, err: Exception) -> JSONResponse:
         log.error("request failed: %r", err, exc_info=err)
-        return _error(500, "internal error (the server's log has the details)")
+        return error_response(500, "internal error (the server's log has the details)")
 
     def model_for(request: Request, name: str) -> ServedModel:
         request.state.model = name
@@ -665,18 +548,14 @@ def create_app(
             events = tuner(x_admin_token, authorization).events(job_id)
             return {"object": "list", "data": events, "has_more": False}
 
-    app.add_middleware(_Middleware, config=config, metrics=metrics)
+    app.add_middleware(
+        Guard,
+        api_key=config.api_key,
+        admin_token=config.admin_token,
+        max_body_bytes=config.max_body_bytes,
+        metrics=metrics,
+    )
     return app
-
-
-class _Middleware:
-    """`_guard` as Starlette middleware (outside the routing and error handlers)."""
-
-    def __init__(self, app: ASGIApp, config: ServeConfig, metrics: Metrics) -> None:
-        self._app = _guard(app, config, metrics)
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)
 
 
 def _chat_ids(backbone: Backbone, body: ChatRequest) -> list[int]:
