@@ -62,7 +62,15 @@ def test_the_command_table_is_the_cli() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == list(COMMANDS)
-    loads_a_backbone = {"eval", "train", "compare", "supericl", "export-peft", "import-peft"}
+    loads_a_backbone = {
+        "eval",
+        "train",
+        "compare",
+        "supericl",
+        "export-peft",
+        "import-peft",
+        "serve",
+    }
     for name in COMMANDS:
         has = {"--backbone", "--device", "--dtype"} <= _options(parser, name)
         assert has == (name in loads_a_backbone | {"rerun"}), name
