@@ -6,7 +6,14 @@ import pytest
 
 from frozenlm.backbone import Backbone
 from frozenlm.compare import Budget, CompareConfig, compare
-from frozenlm.compare.runner import parse_methods, parse_train_sizes, plan, subsample
+from frozenlm.compare.runner import (
+    Shard,
+    parse_methods,
+    parse_train_sizes,
+    plan,
+    report_only,
+    subsample,
+)
 from frozenlm.errors import ConfigError
 from frozenlm.evaluation.evaluate import EvalConfig
 from frozenlm.metrics import macro_f1
@@ -134,3 +141,38 @@ def test_every_cell_states_the_majority_class_of_the_whole_task(
         calibration["mode"] == EvalConfig.calibration
         and cells["soft-prompt"]["calibration"] is None
     )
+
+
+def test_shards_run_disjoint_cells_into_one_folder_and_the_last_writes_the_report(
+    tiny: Backbone, tmp_path: Path
+) -> None:
+    config = CompareConfig(tasks=("sentiment",), methods=("zero-shot", "soft-prompt", "lora"),
+                           budget=TINY_BUDGET, domain_shift=False)  # fmt: skip
+    whole = compare(tiny, config, tmp_path / "whole")
+    out = tmp_path / "sharded"
+    with pytest.raises(ConfigError, match="holds no comparison"):
+        report_only(out)
+    first = compare(tiny, config, out, Shard.parse("1/3"))
+    assert first.report is None and first.missing > 0
+    assert not (out / "report.md").exists()
+    with pytest.raises(ConfigError, match=r"cells are not finished yet \(sentiment/"):
+        report_only(out)
+    compare(tiny, config, out, Shard.parse("3/3"))
+    ran = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+    last = compare(tiny, config, out, Shard.parse("2/3"))
+    assert last.report == out / "report.md"  # the shard that completes the set reports
+    for path, stamp in ran.items():
+        assert path.stat().st_mtime_ns == stamp  # no cell ran twice
+    cells = sorted((out / "cells").rglob("*.json"))
+    assert [p.relative_to(out) for p in cells] == [
+        p.relative_to(tmp_path / "whole")
+        for p in sorted((tmp_path / "whole" / "cells").rglob("*.json"))
+    ]
+    keys = [(c["task"], c["method"], c["train_size"]) for c in last.cells]
+    assert keys == [(c["task"], c["method"], c["train_size"]) for c in whole.cells]
+    for mine, ref in zip(last.cells, whole.cells, strict=True):
+        assert mine["test"] == ref["test"]  # the same numbers as one run of every cell
+    again = report_only(out)
+    assert "Assembled from cells run apart" in again.report.read_text()  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="K/N"):
+        Shard.parse("4/3")

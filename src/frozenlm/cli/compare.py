@@ -41,12 +41,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=CompareConfig.seed)
     parser.add_argument("--out", required=True, help="output folder (cells, report, plots)")
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run only the K-th of N disjoint sets of cells into a shared --out (one job of a "
+        "job array, on any machine); the shard that finds every cell done writes the report",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report of --out from its finished cells (no backbone is loaded); "
+        "refused while any cell is missing",
+    )
     add_backbone(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from frozenlm.compare.runner import CompareConfig, compare, parse_methods, parse_train_sizes
+    from frozenlm.compare.runner import (
+        CompareConfig,
+        Shard,
+        compare,
+        parse_methods,
+        parse_train_sizes,
+        report_only,
+    )
 
+    if args.report_only:
+        if args.shard:
+            from frozenlm.errors import ConfigError
+
+            raise ConfigError("--report-only runs no cells; drop --shard")
+        done = report_only(args.out)
+        print(done.summary)
+        print(f"\nfull report: {done.report} ({len(done.cells)} cells)")
+        return 0
+    shard = Shard.parse(args.shard) if args.shard else None
     check_output_folder(args.out)
     config = CompareConfig(
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
@@ -57,9 +86,16 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     backbone = load_backbone(args)
-    result = compare(backbone, config, args.out)
-    print(result.summary)
-    print(f"\nfull report: {result.report} (plots and results.json beside it)")
+    result = compare(backbone, config, args.out, shard)
+    if result.report is None:
+        print(
+            f"shard {args.shard} finished; {result.missing} cells of other shards are not done "
+            f"yet: the last shard (or frozenlm compare --report-only --out {args.out}) writes "
+            "the report"
+        )
+    else:
+        print(result.summary)
+        print(f"\nfull report: {result.report} (plots and results.json beside it)")
     done = [c for c in result.cells if c["status"] == "done"]
     metrics = {
         f"{c['task']}/{c['method']}/n={c['train_size']}": {c["test"]["metric"]: c["test"]}

@@ -467,8 +467,21 @@ def _main_tasks(cells: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
     return [t for t in tasks if t in config["tasks"]]
 
 
+def _wall_line(cells: Sequence[dict[str, Any]], wall_seconds: float | None) -> str:
+    if wall_seconds is not None:
+        return (
+            f"Wall time of this run: {wall_seconds / 60:.1f} min (cells reused from an earlier "
+            "run are not counted)."
+        )
+    fits = sum(c.get("costs", {}).get("fit_seconds", 0.0) for c in cells)
+    return (
+        f"Assembled from cells run apart (`--shard`): fitting them took {fits / 60:.1f} min in "
+        "all, evaluation not counted."
+    )
+
+
 def _summary_lines(
-    cells: Sequence[dict[str, Any]], config: dict[str, Any], wall_seconds: float
+    cells: Sequence[dict[str, Any]], config: dict[str, Any], wall_seconds: float | None
 ) -> list[str]:
     main_tasks = _main_tasks(cells, config)
     main_cells = [c for c in cells if c["task"] in main_tasks]
@@ -479,8 +492,7 @@ def _summary_lines(
         f"Backbone **{backbone['name']}** ({backbone['parameters']:,} parameters, fingerprint "
         f"`{backbone['fingerprint'][:12]}`), seed {config['seed']}.",
         f"Budget {config['budget_detail']}.",
-        f"Wall time of this run: {wall_seconds / 60:.1f} min (cells reused from an earlier run "
-        "are not counted).",
+        _wall_line(cells, wall_seconds),
         "",
         "## Quality (test metric with bootstrap 95% interval, most training data)",
         "",
@@ -492,7 +504,7 @@ def _summary_lines(
 
 
 def report_summary(
-    cells: Sequence[dict[str, Any]], config: dict[str, Any], wall_seconds: float
+    cells: Sequence[dict[str, Any]], config: dict[str, Any], wall_seconds: float | None
 ) -> str:
     """The report's opening, up to the cost table: the backbone, seed, budget and wall time,
     and the quality table (what `frozenlm compare` prints)."""
@@ -504,7 +516,7 @@ def write_report(
     cells: Sequence[dict[str, Any]],
     config: dict[str, Any],
     backbone_bytes: int,
-    wall_seconds: float,
+    wall_seconds: float | None,
 ) -> Path:
     """Write report.md, results.json and the plots into `out`; returns the report's path."""
     main_tasks = _main_tasks(cells, config)

@@ -210,6 +210,26 @@ def run_cell(
     return cell
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The K-th of N disjoint sets of a comparison's cells (`--shard K/N`): cell i of the plan
+    belongs to shard i mod N + 1, so the costly methods spread over the shards."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`K/N` with 1 <= K <= N."""
+        head, _, tail = text.partition("/")
+        if not (head.isdigit() and tail.isdigit()) or not 1 <= int(head) <= int(tail):
+            raise ConfigError(f"--shard takes K/N with 1 <= K <= N (e.g. 2/4), not '{text}'")
+        return cls(int(head), int(tail))
+
+    def takes(self, position: int) -> bool:
+        return position % self.count == self.index - 1
+
+
 def plan(config: CompareConfig) -> list[tuple[str, str, int | None, bool]]:
     """Every cell as (task, method, train size, evaluate domain shift), in run order."""
     budget = config.resolved_budget()
@@ -239,12 +259,16 @@ def _largest(sizes: Sequence[int | None]) -> int | None:
     return None if None in sizes else max(s for s in sizes if s is not None)
 
 
-def run_compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> list[dict[str, Any]]:
-    """Run (or continue) a comparison into `out`; returns every cell."""
+def run_compare(
+    backbone: Backbone, config: CompareConfig, out: str | Path, shard: Shard | None = None
+) -> list[dict[str, Any]]:
+    """Run (or continue) a comparison into `out`; returns every cell run or found (with
+    `shard`, only that shard's cells run: other shards' finished cells are read)."""
     out = check_output_folder(out, "out")
     budget = config.resolved_budget()
     tasks: dict[str, Task] = {}
-    cells = plan(config)
+    every = plan(config)
+    cells = [c for i, c in enumerate(every) if shard is None or shard.takes(i)]
     for task_name, *_ in cells:
         if task_name not in tasks:
             tasks[task_name] = load_compare_task(task_name, seed=config.seed)
@@ -273,11 +297,15 @@ def run_compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> l
                 "name": backbone.name,
                 "fingerprint": backbone.fingerprint,
                 "parameters": backbone.num_parameters,
+                "bytes": backbone_bytes(backbone),
             },
+            # every cell of the comparison, whichever shard runs it (the report checks them)
+            "plan": [[t, m, size_label(s), shift] for t, m, s, shift in every],
         },
     )
     results: list[dict[str, Any]] = []
-    bar = progress(cells, desc="compare", unit="cell")
+    desc = "compare" if shard is None else f"compare {shard.index}/{shard.count}"
+    bar = progress(cells, desc=desc, unit="cell")
     for task_name, method_name, size, shift in bar:
         path = _cell_path(out, task_name, method_name, size_label(size))
         if path.exists():
@@ -299,7 +327,23 @@ def run_compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> l
         atomic_write_json(path, cell)
         results.append(cell)
         gc.collect()
+    if shard is not None:  # the others' cells finished so far
+        mine = {_cell_path(out, t, m, size_label(s)) for t, m, s, _ in cells}
+        results += [json.loads(p.read_text()) for p in planned_cells(out) if p not in mine]
     return results
+
+
+def backbone_bytes(backbone: Backbone) -> int:
+    """Bytes of the backbone's weights (the report's serving-memory plot)."""
+    return sum(p.numel() * p.element_size() for p in backbone.model.parameters())
+
+
+def planned_cells(out: Path, *, missing: bool = False) -> list[Path]:
+    """The cell files of the comparison in `out` (its config's plan) that exist, or with
+    `missing` those that do not yet (a half-written cell is never seen: writes are atomic)."""
+    saved = json.loads((out / "config.json").read_text())
+    paths = [_cell_path(out, t, m, size) for t, m, size, _ in saved.get("plan", [])]
+    return [p for p in paths if p.exists() != missing]
 
 
 def _check_same_comparison(out: Path, identity: dict[str, Any]) -> None:
@@ -326,25 +370,61 @@ class CompareResult:
     """A finished (or continued) comparison: where its report is, every cell, and the report's
     summary (the run's header and the quality table) for printing."""
 
-    report: Path
-    """`report.md`; `results.json` and the plots are beside it."""
+    report: Path | None
+    """`report.md`; `results.json` and the plots are beside it (None: a shard ran while
+    other shards' cells are still missing)."""
     cells: list[dict[str, Any]]
     """Every cell's JSON, as in `results.json`."""
     summary: str
     """The report's markdown up to the cost table."""
     seconds: float
     """Wall time of this run (cells reused from an earlier run are not counted)."""
+    missing: int = 0
+    """Cells of other shards not finished yet (then no report is written)."""
 
 
-def compare(backbone: Backbone, config: CompareConfig, out: str | Path) -> CompareResult:
-    """`frozenlm compare`: run (or continue) the comparison into `out` and write its report."""
+def compare(
+    backbone: Backbone, config: CompareConfig, out: str | Path, shard: Shard | None = None
+) -> CompareResult:
+    """`frozenlm compare`: run (or continue) the comparison into `out` and write its report.
+    With `shard`, run only that shard's cells; the shard that finds every cell done writes the
+    report (or `report_only` does, once all shards have finished)."""
     from frozenlm.compare.report import report_summary, write_report
 
     out = Path(out)
     start = time.perf_counter()
-    cells = run_compare(backbone, config, out)
+    cells = run_compare(backbone, config, out, shard)
     saved = json.loads((out / "config.json").read_text())
-    backbone_bytes = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
     seconds = time.perf_counter() - start
-    report = write_report(out, cells, saved, backbone_bytes, seconds)
-    return CompareResult(report, cells, report_summary(cells, saved, seconds), seconds)
+    missing = len(planned_cells(out, missing=True))
+    if missing:
+        return CompareResult(None, cells, "", seconds, missing)
+    order = {tuple(c[:3]): i for i, c in enumerate(saved["plan"])}
+    cells.sort(key=lambda c: order.get((c["task"], c["method"], c["train_size"]), len(order)))
+    wall = seconds if shard is None else None
+    report = write_report(out, cells, saved, backbone_bytes(backbone), wall)
+    return CompareResult(report, cells, report_summary(cells, saved, wall), seconds)
+
+
+def report_only(out: str | Path) -> CompareResult:
+    """The report of the comparison in `out` from its finished cells, without a backbone
+    (`frozenlm compare --report-only`): refused while any planned cell is missing."""
+    from frozenlm.compare.report import report_summary, write_report
+
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        raise ConfigError(f"'{out}' holds no comparison (no config.json): run compare first")
+    saved = json.loads((out / "config.json").read_text())
+    if "plan" not in saved:
+        raise ConfigError(f"'{out}' was written before --shard existed; rerun compare on it")
+    missing = planned_cells(out, missing=True)
+    if missing:
+        names = ", ".join(f"{p.parent.name}/{p.stem}" for p in missing[:5])
+        raise ConfigError(
+            f"{len(missing)} of {len(saved['plan'])} cells are not finished yet ({names}"
+            f"{', ...' if len(missing) > 5 else ''}): run the shards that hold them"
+        )
+    cells = [json.loads(p.read_text()) for p in planned_cells(out)]
+    size = saved["backbone"].get("bytes") or 4 * saved["backbone"]["parameters"]
+    report = write_report(out, cells, saved, int(size), None)
+    return CompareResult(report, cells, report_summary(cells, saved, None), 0.0)
