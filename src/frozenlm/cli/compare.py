@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
             from frozenlm.errors import ConfigError
 
             raise ConfigError("--report-only runs no cells; drop --shard")
-        done = report_only(args.out)
-        print(done.summary)
-        print(f"\nfull report: {done.report} ({len(done.cells)} cells)")
+        assembled = report_only(args.out)
+        print(assembled.summary)
+        print(f"\nfull report: {assembled.report} ({len(assembled.cells)} cells)")
         return 0
     shard = Shard.parse(args.shard) if args.shard else None
     check_output_folder(args.out)
