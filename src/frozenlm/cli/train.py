@@ -336,6 +336,10 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.task) == bool(args.pretrain_lm):
         raise ConfigError("name the tasks to train on with --task, or pre-train with --pretrain-lm")
     plugin_config, config = training_settings(args)
+    from frozenlm.training.distributed import init_from_env, rank_device
+
+    ranks = init_from_env(args.device)  # under torchrun: join the job (one process otherwise)
+    args.device = rank_device(args.device)
     backbone = load_backbone(args)
     if args.pretrain_lm:
         from frozenlm.recursion.pretrain import pretrain_connector
@@ -362,6 +366,8 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
         )
+    if not ranks.main:
+        return 0  # rank 0 reports and records
     print(
         f"best dev {result.best_metric:.4f} at step {result.best_step} "
         f"({result.steps_done} steps{', stopped early' if result.stopped_early else ''}, "

@@ -50,6 +50,16 @@ from frozenlm.progress import progress
 from frozenlm.tasks import Task
 from frozenlm.training.config import TrainConfig
 from frozenlm.training.dev import dev_majority, dev_metric, zero_shot_floor
+from frozenlm.training.distributed import (
+    Ranks,
+    all_reduce_gradients,
+    all_reduce_sum,
+    broadcast_json,
+    broadcast_parameters,
+    check_same,
+    check_same_backbone,
+    current,
+)
 from frozenlm.training.rows import DataOrder, TrainRow, training_rows
 
 OnEvent: TypeAlias = Callable[[dict[str, Any]], None]
@@ -159,6 +169,8 @@ class Run:
     did not diverge (`TrainState.safe_step`), or its initial parameters before there is one."""
     majority: float | None = None
     """Dev accuracy of the train majority class (`dev_majority`; None: not classification)."""
+    ranks: Ranks = field(default_factory=Ranks)
+    """This process's rank among the job's (`training.distributed`; one process: rank 0 of 1)."""
 
 
 def setup(
@@ -188,16 +200,27 @@ def setup(
         order=DataOrder(len(rows), config.seed),
         base_lrs=[float(group["lr"]) for group in optimizer.param_groups],
         majority=dev_majority(tasks, config),
+        ranks=current(),
     )
+    check_same_backbone(backbone.fingerprint, run.ranks)
     state = TrainState()
     if resume:
         state = resume_state(run) or state
+        check_same(
+            str(state.step),
+            run.ranks,
+            "the ranks resumed from different steps ({values}): every rank reads OUT/last/ on "
+            "--resume, so OUT must be a folder they all see",
+        )
     if not run.best_params:  # a fresh run: a recovery before any healthy evaluation restarts
         run.best_params = {n: p.detach().clone() for n, p in plugin.named_parameters()}
     if config.recover and state.floor is None:
-        plugin.eval()
-        state.floor = zero_shot_floor(backbone, tasks, config)
-        plugin.train()
+        if run.ranks.main:
+            plugin.eval()
+            state.floor = zero_shot_floor(backbone, tasks, config)
+            plugin.train()
+        if run.ranks.world > 1:  # rank 0 measured it; the others take its value
+            state.floor = broadcast_json(state.floor, run.ranks, backbone.device)
     return run, state
 
 
@@ -227,8 +250,9 @@ def resume_state(run: Run) -> TrainState | None:
 
 def micro_batch(run: Run, step: int, micro: int) -> list[TrainRow]:
     """The rows of micro-batch `micro` of optimizer step `step`: a pure function of both."""
-    size = run.config.batch_size
-    first = (step * run.config.grad_accum + micro) * size
+    size, accum, ranks = run.config.batch_size, run.config.grad_accum, run.ranks
+    # with N ranks a step has N * grad_accum micro-batches; rank r takes its own grad_accum
+    first = (step * accum * ranks.world + ranks.rank * accum + micro) * size
     return [run.rows[run.order[p]] for p in range(first, first + size)]
 
 
@@ -244,11 +268,15 @@ def optimizer_step(run: Run, step: int, lr_factor: float = 1.0) -> float:
         made = conditioning_by_row([(run.plugin, r.task, r.example) for r in batch])
         rows = [c.row(r.prefix, r.input_start) for r, c in zip(batch, made, strict=True)]
         targets = [r.target for r in batch]
-        loss = batch_loss(run.backbone, rows, targets) / run.config.grad_accum
+        share = run.config.grad_accum * run.ranks.world
+        loss = batch_loss(run.backbone, rows, targets) / share
         loss.backward()
         total += float(loss.detach())
+    trainable = [p for p in run.plugin.parameters() if p.requires_grad]
+    if run.ranks.world > 1:  # the plug-in's gradients only: the backbone has none
+        all_reduce_gradients(trainable)
+        total = all_reduce_sum(total, run.backbone.device)
     if run.config.max_grad_norm is not None:
-        trainable = [p for p in run.plugin.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(trainable, run.config.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -381,6 +409,51 @@ def save_last(run: Run, state: TrainState) -> None:
     )
 
 
+def _dev_point(
+    run: Run, state: TrainState, loss: float, bar: Any, on_event: OnEvent | None
+) -> bool:
+    """Rank 0's dev evaluation after a step: best checkpoint, divergence and recovery, early
+    stopping, `last/`. Returns whether training stops."""
+    config = run.config
+    metric, per_task = evaluate_dev(run, state)
+    reason = divergence(run, state, metric) if config.recover else None
+    if state.best is None or metric > state.best:
+        state.best, state.best_step, state.bad = metric, state.step, 0
+        save_best(run, state, metric, per_task)
+    else:
+        state.bad += 1
+    if reason is None:
+        keep_safe(run, state, metric)
+    stopped = config.patience > 0 and state.bad >= config.patience
+    if reason is not None:
+        stopped = not recover(run, state, reason)
+    if config.save_last:
+        save_last(run, state)
+    bar.set_postfix(loss=f"{loss:.3f}", dev=f"{metric:.3f}", best=f"{state.best:.3f}")
+    if on_event is not None:
+        on_event({"step": state.step, "loss": loss, "dev": metric, "best": state.best})
+    return stopped
+
+
+def _share_dev_point(run: Run, state: TrainState, stopped: bool) -> bool:
+    """Rank 0's loop state and plug-in weights on every rank after a dev evaluation (a recovery
+    from divergence changes both; the others then drop their optimizer statistics as rank 0
+    did)."""
+    device = run.backbone.device
+    before = len(state.recoveries)
+    shared = broadcast_json(
+        {"loop": state.loop(), "history": state.history, "stopped": stopped}, run.ranks, device
+    )
+    if not run.ranks.main:
+        fresh = TrainState.from_saved(shared["loop"], shared["history"])
+        for name in TrainState.__dataclass_fields__:
+            setattr(state, name, getattr(fresh, name))
+        if len(state.recoveries) > before:
+            run.optimizer.state.clear()
+    broadcast_parameters([p for p in run.plugin.parameters()])
+    return bool(shared["stopped"])
+
+
 def train_steps(run: Run, state: TrainState, on_event: OnEvent | None = None) -> bool:
     """The loop: optimizer steps until `config.steps`, with a dev evaluation (best checkpoint,
     early stopping, `last/`) every `eval_every` steps and at the end. Returns whether it
@@ -399,23 +472,10 @@ def train_steps(run: Run, state: TrainState, on_event: OnEvent | None = None) ->
         if on_event is not None:
             on_event({"step": state.step, "total_steps": config.steps, "loss": loss})
         if state.step % config.eval_every == 0 or state.step == config.steps:
-            metric, per_task = evaluate_dev(run, state)
-            reason = divergence(run, state, metric) if config.recover else None
-            if state.best is None or metric > state.best:
-                state.best, state.best_step, state.bad = metric, state.step, 0
-                save_best(run, state, metric, per_task)
-            else:
-                state.bad += 1
-            if reason is None:
-                keep_safe(run, state, metric)
-            stopped = config.patience > 0 and state.bad >= config.patience
-            if reason is not None:
-                stopped = not recover(run, state, reason)
-            if config.save_last:
-                save_last(run, state)
-            bar.set_postfix(loss=f"{loss:.3f}", dev=f"{metric:.3f}", best=f"{state.best:.3f}")
-            if on_event is not None:
-                on_event({"step": state.step, "loss": loss, "dev": metric, "best": state.best})
+            if run.ranks.main:
+                stopped = _dev_point(run, state, loss, bar, on_event)
+            if run.ranks.world > 1:
+                stopped = _share_dev_point(run, state, stopped)
     bar.close()
     return stopped
 
@@ -533,7 +593,7 @@ def train_new_plugin(
             _check_same_run(out, saved[1].get("run", {}), meta, config)
     plugin = new_plugin(method, plugin_config, backbone, [t.spec for t in tasks], config.seed)
     plugin.train()
-    if found and overwrite:
+    if found and overwrite and current().main:  # only rank 0 writes the output folder
         log.warning("--overwrite: deleting the run in '%s'", out)
         remove_folder(out)
     return train(backbone, plugin, tasks, config, out, meta=meta, resume=resume, on_event=on_event)
