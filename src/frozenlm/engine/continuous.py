@@ -53,6 +53,7 @@ class _Slot:
     sampler: torch.Generator | None
     position: int  # the next token's position id
     tokens: list[int] = field(default_factory=list)
+    text: str = ""  # the tokens decoded, cut at the first stop string
 
 
 class DecodeBatch:
@@ -137,18 +138,17 @@ class DecodeBatch:
                 best = logprobs[b].topk(config.top_logprobs)
                 pairs = zip(best.indices.tolist(), best.values.tolist(), strict=True)
                 top = [(int(i), float(v)) for i, v in pairs]
-            text = self.backbone.tokenizer.decode(slot.tokens, skip_special_tokens=True)
             if token in self._eos:
-                cut, _ = cut_at_stop(text, config.stop)
-                out.append(Step(slot.slot, None, 0.0, top, cut, "stop"))
+                out.append(Step(slot.slot, None, 0.0, top, slot.text, "stop"))
                 continue
             slot.tokens.append(token)
             text = self.backbone.tokenizer.decode(slot.tokens, skip_special_tokens=True)
-            cut, stopped = cut_at_stop(text, config.stop)
+            slot.text, stopped = cut_at_stop(text, config.stop)
             finished = "stop" if stopped else None
             if finished is None and len(slot.tokens) >= config.max_new_tokens:
                 finished = "length"
-            out.append(Step(slot.slot, token, float(logprobs[b, token]), top, cut, finished))
+            logprob = float(logprobs[b, token])
+            out.append(Step(slot.slot, token, logprob, top, slot.text, finished))
             if finished is None:
                 keep.append(b)
                 fed.append(token)

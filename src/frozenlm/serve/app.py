@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -439,114 +439,87 @@ def create_app(
     if config.admin_token:
         token = config.admin_token.encode()
 
-        def admin(x_admin_token: str | None, authorization: str | None = None) -> None:
-            bearer = (authorization or "").removeprefix("Bearer ").encode()
-            if not secrets.compare_digest((x_admin_token or "").encode(), token) and not (
-                secrets.compare_digest(bearer, token)
+        def admitted(x_admin_token: str | None, bearer: str | None = None) -> None:
+            given = (x_admin_token or "").encode()
+            if not secrets.compare_digest(given, token) and not (
+                bearer is not None and secrets.compare_digest(bearer.encode(), token)
             ):
                 raise ServeError(401, "a valid admin token is needed: X-Admin-Token")
 
-        @app.get("/admin/plugins")
-        async def listed(x_admin_token: str | None = Header(None)) -> dict[str, Any]:
-            admin(x_admin_token)
+        def admin(x_admin_token: Annotated[str | None, Header()] = None) -> None:
+            """The admin routes' guard: the token in X-Admin-Token."""
+            admitted(x_admin_token)
+
+        @app.get("/admin/plugins", dependencies=[Depends(admin)])
+        async def listed() -> dict[str, Any]:
             data = [m.describe() | {"loaded": m.plugin is not None} for m in table.models()]
             return {"object": "list", "data": [d for d in data if d["kind"] != "backbone"]}
 
-        @app.post("/admin/plugins")
-        async def load(body: LoadRequest, x_admin_token: str | None = Header(None)) -> Any:
-            admin(x_admin_token)
+        @app.post("/admin/plugins", dependencies=[Depends(admin)])
+        async def load(body: LoadRequest) -> Any:
             made = await asyncio.to_thread(table.load, body.path, body.name)
             return {"object": "list", "data": [m.describe() for m in made]}
 
-        @app.delete("/admin/plugins/{name}")
-        async def unload(name: str, x_admin_token: str | None = Header(None)) -> Any:
-            admin(x_admin_token)
+        @app.delete("/admin/plugins/{name}", dependencies=[Depends(admin)])
+        async def unload(name: str) -> Any:
             return {"unloaded": table.unload(name)}
 
     if config.admin_token and tuning is not None:
         ft = tuning
 
-        def tuner(x_admin_token: str | None, authorization: str | None) -> FineTuning:
-            admin(x_admin_token, authorization)
+        def tuner(
+            x_admin_token: Annotated[str | None, Header()] = None,
+            authorization: Annotated[str | None, Header()] = None,
+        ) -> FineTuning:
+            """The fine-tuning routes' guard (the token in X-Admin-Token or as the Bearer key
+            the openai client sends), giving the jobs."""
+            admitted(x_admin_token, (authorization or "").removeprefix("Bearer "))
             return ft
+
+        jobs_dependency = Depends(tuner)
 
         @app.post("/v1/files")
         async def upload(
             file: Annotated[UploadFile, File()],
             purpose: Annotated[str, Form()],
-            x_admin_token: str | None = Header(None),
-            authorization: str | None = Header(None),
+            jobs: FineTuning = jobs_dependency,
         ) -> Any:
-            chosen = tuner(x_admin_token, authorization)
             data = await file.read()
             return await asyncio.to_thread(
-                chosen.add_file, data, file.filename or "upload.jsonl", purpose
+                jobs.add_file, data, file.filename or "upload.jsonl", purpose
             )
 
         @app.get("/v1/files")
-        async def files(
-            x_admin_token: str | None = Header(None), authorization: str | None = Header(None)
-        ) -> Any:
-            listed = tuner(x_admin_token, authorization).list_files()
-            return {"object": "list", "data": listed, "has_more": False}
+        async def files(jobs: FineTuning = jobs_dependency) -> Any:
+            return {"object": "list", "data": jobs.list_files(), "has_more": False}
 
         @app.get("/v1/files/{file_id}")
-        async def file_info(
-            file_id: str,
-            x_admin_token: str | None = Header(None),
-            authorization: str | None = Header(None),
-        ) -> Any:
-            return tuner(x_admin_token, authorization).file(file_id)
+        async def file_info(file_id: str, jobs: FineTuning = jobs_dependency) -> Any:
+            return jobs.file(file_id)
 
         @app.delete("/v1/files/{file_id}")
-        async def file_delete(
-            file_id: str,
-            x_admin_token: str | None = Header(None),
-            authorization: str | None = Header(None),
-        ) -> Any:
-            return tuner(x_admin_token, authorization).delete_file(file_id)
+        async def file_delete(file_id: str, jobs: FineTuning = jobs_dependency) -> Any:
+            return jobs.delete_file(file_id)
 
         @app.post("/v1/fine_tuning/jobs")
-        async def job_create(
-            body: FineTuneRequest,
-            x_admin_token: str | None = Header(None),
-            authorization: str | None = Header(None),
-        ) -> Any:
-            chosen = tuner(x_admin_token, authorization)
-            return await asyncio.to_thread(chosen.create, body.model_dump(exclude_none=True))
+        async def job_create(body: FineTuneRequest, jobs: FineTuning = jobs_dependency) -> Any:
+            return await asyncio.to_thread(jobs.create, body.model_dump(exclude_none=True))
 
         @app.get("/v1/fine_tuning/jobs")
-        async def jobs(
-            x_admin_token: str | None = Header(None), authorization: str | None = Header(None)
-        ) -> Any:
-            listed = tuner(x_admin_token, authorization).list_jobs()
-            return {"object": "list", "data": listed, "has_more": False}
+        async def jobs_list(jobs: FineTuning = jobs_dependency) -> Any:
+            return {"object": "list", "data": jobs.list_jobs(), "has_more": False}
 
         @app.get("/v1/fine_tuning/jobs/{job_id}")
-        async def job(
-            job_id: str,
-            x_admin_token: str | None = Header(None),
-            authorization: str | None = Header(None),
-        ) -> Any:
-            return tuner(x_admin_token, authorization).get(job_id)
+        async def job(job_id: str, jobs: FineTuning = jobs_dependency) -> Any:
+            return jobs.get(job_id)
 
         @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-        async def job_cancel(
-            job_id: str,
-            x_admin_token: str | None = Header(None),
-            authorization: str | None = Header(None),
-        ) -> Any:
-            chosen = tuner(x_admin_token, authorization)
-            return await asyncio.to_thread(chosen.cancel, job_id)
+        async def job_cancel(job_id: str, jobs: FineTuning = jobs_dependency) -> Any:
+            return await asyncio.to_thread(jobs.cancel, job_id)
 
         @app.get("/v1/fine_tuning/jobs/{job_id}/events")
-        async def job_events(
-            job_id: str,
-            x_admin_token: str | None = Header(None),
-            authorization: str | None = Header(None),
-        ) -> Any:
-            events = tuner(x_admin_token, authorization).events(job_id)
-            return {"object": "list", "data": events, "has_more": False}
+        async def job_events(job_id: str, jobs: FineTuning = jobs_dependency) -> Any:
+            return {"object": "list", "data": jobs.events(job_id), "has_more": False}
 
     app.add_middleware(
         Guard,

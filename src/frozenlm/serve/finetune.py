@@ -106,6 +106,7 @@ class FineTuning:
         self._lock = threading.RLock()
         self._running: _Running | None = None
         self._stop = threading.Event()
+        self._pending = threading.Event()  # a job may be queued: the worker looks again
         self._thread: threading.Thread | None = None
         self._recover()
 
@@ -189,6 +190,7 @@ class FineTuning:
         (self.jobs / ident).mkdir()
         self._save(job)
         self._event(ident, "info", f"job queued: {method} on {train['id']}")
+        self._pending.set()
         self.start()
         return job
 
@@ -232,6 +234,7 @@ class FineTuning:
 
     def stop(self) -> None:
         self._stop.set()
+        self._pending.set()  # wake an idle worker
         with self._lock:
             if self._running is not None:
                 self._running.process.terminate()
@@ -239,10 +242,17 @@ class FineTuning:
             self._thread.join(30)
 
     def _loop(self) -> None:
+        """Start the oldest queued job when none runs; while one runs, watch its process.
+        Idle, it sleeps until `create` (or `stop`) wakes it: no polling of the job files."""
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no server state
         while not self._stop.is_set():
             with self._lock:
-                if self._running is None:
+                if self._running is not None and not self._running.process.is_alive():
+                    self._collect(self._running)
+                    self._running = None
+                    self._pending.set()  # another job may be waiting
+                if self._running is None and self._pending.is_set():
+                    self._pending.clear()
                     queued = [j for j in self.list_jobs() if j["status"] == "queued"]
                     if queued:
                         job = queued[-1]  # the oldest
@@ -255,10 +265,11 @@ class FineTuning:
                         )
                         process.start()
                         self._running = _Running(job["id"], process)
-                elif not self._running.process.is_alive():
-                    self._collect(self._running)
-                    self._running = None
-            self._stop.wait(0.2)
+                running = self._running is not None
+            if running:
+                self._stop.wait(0.2)
+            else:
+                self._pending.wait()
 
     def _spec(self, job: dict[str, Any]) -> dict[str, Any]:
         train = self.files / f"{job['training_file']}.jsonl"

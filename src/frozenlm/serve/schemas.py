@@ -109,7 +109,7 @@ def check_supported(request: _Request) -> None:
             raise ServeError(400, f"{reason} (got {name}={value!r})")
     if request.top_p < 1:
         raise ServeError(400, f"top_p is not supported: it must be 1 (got top_p={request.top_p})")
-    best_of = getattr(request, "best_of", None)
+    best_of = request.best_of if isinstance(request, CompletionRequest) else None
     if best_of is not None and best_of not in (1, request.n):
         raise ServeError(400, f"best_of must be 1 or n: choices are not re-ranked (got {best_of})")
     if request.stream_options is not None and not request.stream:

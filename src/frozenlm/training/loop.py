@@ -450,7 +450,8 @@ def _share_dev_point(run: Run, state: TrainState, stopped: bool) -> bool:
             setattr(state, name, getattr(fresh, name))
         if len(state.recoveries) > before:
             run.optimizer.state.clear()
-    broadcast_parameters([p for p in run.plugin.parameters()])
+    # what training (or a recovery) changed; frozen parts (an encoder) are the same everywhere
+    broadcast_parameters([p for p in run.plugin.parameters() if p.requires_grad])
     return bool(shared["stopped"])
 
 
